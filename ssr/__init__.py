@@ -1,1 +1,5 @@
 """ssr: SFT, SSR, S3FT and SDFT fine-tuning on a hand-written transformer, in plain PyTorch."""
+from ssr.checkpoint import DEFAULT_MODEL, load_model, save_model
+from ssr.config import ModelConfig
+from ssr.model import KVCache, Transformer
+from ssr.tokenizer import Tokenizer, load_tokenizer

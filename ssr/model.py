@@ -1,0 +1,228 @@
+"""A Llama / Mistral / Qwen2 decoder in one file, with a preallocated KV cache.
+
+One forward path serves training (whole sequences), prefill and decode (a few new tokens appended
+to the cache). Parameter names are the HF ones (`model.layers.0.self_attn.q_proj.weight`, ...) so
+checkpoints load by key. Traps avoided:
+- HF checkpoints store q/k in the "rotate-half" RoPE layout (first half of each head paired with the
+  second half), not interleaved pairs; `apply_rope` follows that layout.
+- Left-padded batches: a padding query whose keys are all masked makes SDPA return NaN, which then
+  leaks through the cache. Every query is allowed to see its own slot, so no row is ever all -inf.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ssr.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        dtype = x.dtype
+        x = x.float()  # the variance in float32, as every reference implementation does
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_frequencies(cfg: ModelConfig, device=None) -> torch.Tensor:
+    """Inverse frequencies (head_dim/2,) in float32, with linear or llama3 scaling applied."""
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=device).float() / d))
+    s = cfg.rope_scaling
+    if s.get("rope_type") == "linear":
+        inv_freq = inv_freq / s["factor"]
+    elif s.get("rope_type") == "llama3":
+        factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old_len = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    return inv_freq
+
+
+def apply_rope(x, cos, sin):
+    # x (B, H, T, D); cos, sin (B, 1, T, D). Rotate-half layout: pair i with i + D/2.
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class KVCache:
+    """Keys and values of every layer in one preallocated buffer, shared by all rows of a batch.
+
+    Rows are aligned by slot: slot j of every row was written by the same forward call. Left padding
+    therefore lives in the cache as slots marked invalid; `next_pos` keeps each row's own RoPE position.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, dtype=torch.float32, device="cpu"):
+        shape = (cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # slot holds a real token
+        self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)  # RoPE position of the next token
+        self.length = 0  # slots written so far, the same for every row
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_head * self.head_dim, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv_head * self.head_dim, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv_head * self.head_dim, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, cfg.hidden_size, bias=cfg.o_bias)
+
+    def forward(self, x, cos, sin, mask, cache: KVCache | None, layer: int):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            end = cache.length + T
+            cache.k[layer, :, :, cache.length:end] = k
+            cache.v[layer, :, :, cache.length:end] = v
+            k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]  # (B, Hkv, S, D)
+        # mask is None only where plain causal attention is exact (see Transformer._masks)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
+                                           enable_gqa=self.n_head != self.n_kv_head)  # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, mask, cache, layer):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = nn.ModuleDict(dict(
+            embed_tokens=nn.Embedding(cfg.vocab_size, cfg.hidden_size),
+            layers=nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers)),
+            norm=RMSNorm(cfg.hidden_size, cfg.rms_norm_eps),
+        ))
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.checkpointing = False  # recompute each block in backward to save activation memory
+        self._inv_freq = {}  # per device; kept out of the state dict and of .to(dtype)
+        if not any(p.is_meta for p in self.parameters()):
+            self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def new_cache(self, batch_size: int, max_len: int) -> KVCache:
+        p = self.lm_head.weight
+        return KVCache(self.config, batch_size, max_len, dtype=p.dtype, device=p.device)
+
+    def _rope(self, positions, dtype):
+        inv_freq = self._inv_freq.get(positions.device)
+        if inv_freq is None:
+            inv_freq = self._inv_freq[positions.device] = rope_frequencies(self.config, positions.device)
+        freqs = positions[..., None].float() * inv_freq  # (B, T, D/2), in float32 for long positions
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, D)
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def _masks(self, T: int, valid, cache: KVCache | None):
+        """One boolean attention mask (B, 1, T, S) per distinct window, or None where is_causal is exact.
+
+        valid (B, S) marks the key slots that hold real tokens; the new queries sit in the last T slots.
+        """
+        S = valid.shape[1]
+        all_valid = bool(valid.all())
+        masks = {}
+        for window in set(self.config.layer_windows):
+            needs_window = window is not None and window < S
+            if all_valid and not needs_window and (cache is None or cache.length == 0 or T == 1):
+                masks[window] = None  # plain causal (or, for one new token, attend to everything)
+                continue
+            q = torch.arange(S - T, S, device=valid.device)[:, None]  # (T, 1) query slots
+            k = torch.arange(S, device=valid.device)[None, :]  # (1, S) key slots
+            allowed = k <= q
+            if needs_window:
+                allowed = allowed & (q - k < window)
+            allowed = (allowed[None] & valid[:, None, :]) | (k == q)[None]  # (B, T, S); a query always sees itself
+            masks[window] = allowed[:, None]
+        return masks
+
+    def forward(self, input_ids, *, attention_mask=None, positions=None, cache: KVCache | None = None,
+                last_only: bool = False):
+        """input_ids (B, T) -> logits (B, T, vocab), or (B, 1, vocab) with last_only.
+
+        attention_mask (B, T): 1 for real tokens, 0 for padding (left or right). With a cache, the new
+        tokens are appended after `cache.length` slots and attend to everything cached before them.
+        """
+        B, T = input_ids.shape
+        new_valid = (torch.ones(B, T, dtype=torch.bool, device=input_ids.device) if attention_mask is None
+                     else attention_mask.bool())
+        if cache is not None:
+            if cache.length + T > cache.max_len:
+                raise ValueError(f"KV cache overflow: {cache.length} + {T} tokens > max_len {cache.max_len}")
+            start = cache.length
+            cache.valid[:, start:start + T] = new_valid
+            valid = cache.valid[:, :start + T]
+            if positions is None:
+                positions = cache.next_pos[:, None] + new_valid.long().cumsum(1) - 1
+        else:
+            valid = new_valid
+            if positions is None:
+                positions = (new_valid.long().cumsum(1) - 1).clamp(min=0)
+        positions = positions.clamp(min=0)  # padding slots before a row's first token
+        masks = self._masks(T, valid, cache)
+
+        x = self.model.embed_tokens(input_ids)  # (B, T, C)
+        cos, sin = self._rope(positions, x.dtype)
+        for i, block in enumerate(self.model.layers):
+            mask = masks[self.config.layer_windows[i]]
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(block, x, cos, sin, mask, cache, i, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, cache, i)
+        if cache is not None:
+            cache.length += T
+            cache.next_pos += new_valid.sum(1)
+        x = self.model.norm(x)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x)
