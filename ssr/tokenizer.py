@@ -55,10 +55,11 @@ def _rebuild_sentencepiece_pipeline(tk: _HFTokenizer, cfg: dict) -> None:
 
 
 class Tokenizer:
-    def __init__(self, tk: _HFTokenizer, *, bos_id=None, eos_id=None, stop_ids=(), pad_id=None,
+    def __init__(self, tk: _HFTokenizer, *, bos_id=None, eos_id=None, stop_ids=(), pad_id=None, add_bos=False,
                  chat_template: str | None = None, default_system: str | None = None, source: str = "?"):
         self.tk = tk
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+        self.add_bos = add_bos and bos_id is not None  # whether plain text (not chat) starts with BOS
         self.stop_ids = list(dict.fromkeys(i for i in [eos_id, *stop_ids] if i is not None))
         self.chat_template, self.default_system, self.source = chat_template, default_system, source
 
@@ -146,15 +147,14 @@ def load_tokenizer(path_or_name, chat_template: str | None = None) -> Tokenizer:
         _rebuild_sentencepiece_pipeline(tk, cfg)
 
     def special_id(name: str) -> int | None:
-        for source in (cfg, special):
-            text = _token_text(source.get(f"{name}_token"))
-            if text is not None:
-                i = tk.token_to_id(text)
-                if i is None:
-                    raise ValueError(f"{folder}: {name}_token {text!r} is not in the vocabulary")
-                return i
-            if f"{name}_token" in cfg:  # explicitly null in tokenizer_config: the model has none
+        key = f"{name}_token"
+        if key in cfg or key in special:  # a null here means the model has no such token
+            text = _token_text(cfg[key] if key in cfg else special[key])
+            if text is None:
                 return None
+            if tk.token_to_id(text) is None:
+                raise ValueError(f"{folder}: {key} {text!r} is not in the vocabulary")
+            return tk.token_to_id(text)
         for source in (gen, model_cfg):
             ids = _as_list(source.get(f"{name}_token_id"))
             if ids:
@@ -170,7 +170,9 @@ def load_tokenizer(path_or_name, chat_template: str | None = None) -> Tokenizer:
     detected, default_system = chat.detect(template)
     if chat_template is not None and chat_template not in chat.TEMPLATES:
         raise ValueError(f"unknown chat template {chat_template!r}; choose one of {', '.join(chat.TEMPLATES)}")
+    is_llama = cfg.get("tokenizer_class") in ("LlamaTokenizer", "LlamaTokenizerFast")
     return Tokenizer(tk, bos_id=special_id("bos"), eos_id=eos_id, stop_ids=stop_ids, pad_id=special_id("pad"),
+                     add_bos=cfg.get("add_bos_token", is_llama),
                      chat_template=chat_template or detected,
                      default_system=default_system if (chat_template or detected) == "chatml" else None,
                      source=str(folder))

@@ -1,0 +1,82 @@
+"""Scoring: log-likelihood multiple choice for retention benchmarks, and metrics over questions.
+
+A choice's score is the sum of the log-probabilities of its tokens given the context. The trap
+avoided: encoding context and choice separately. SentencePiece and BPE merge across the seam, so
+the choice tokens are taken from the encoding of context + choice, past the context's own tokens
+(the lm-evaluation-harness rule); where the seam merges, the context is encoded alone and the
+choice appended, as that harness does too.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ssr.benchmarks import MCQuestion
+
+
+def split_tokens(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) with the continuation's tokens as they appear in the whole text."""
+    bos = [tok.bos_id] if tok.add_bos else []
+    ctx = bos + tok.encode(context)
+    whole = bos + tok.encode(context + continuation)
+    if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
+        return ctx, whole[len(ctx):]
+    return ctx, tok.encode(continuation)
+
+
+@torch.inference_mode()
+def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_tokens: int = 8192,
+                   progress: bool = True, desc: str = "scoring") -> list[float]:
+    """Sum of log p(continuation | context) for each (context ids, continuation ids), batched by length."""
+    device = model.lm_head.weight.device
+    order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]) - len(requests[i][1]))
+    scores = [0.0] * len(requests)
+    bar = tqdm(total=len(requests), desc=desc, disable=not progress, unit="choice")
+    start = 0
+    while start < len(order):
+        longest = len(requests[order[start]][0]) + len(requests[order[start]][1])
+        if not requests[order[start]][0]:
+            raise ValueError("a context must have at least one token (a BOS, or some text)")
+        size = max(1, min(len(order) - start, batch_tokens // longest))
+        batch = order[start:start + size]
+        ids = torch.zeros(len(batch), longest, dtype=torch.long)
+        for row, i in enumerate(batch):
+            seq = requests[i][0] + requests[i][1]
+            ids[row, :len(seq)] = torch.tensor(seq)
+        logits = model(ids.to(device))  # (B, T, V); right padding needs no mask for a causal model
+        for row, i in enumerate(batch):
+            ctx, cont = requests[i]
+            pred = logits[row, len(ctx) - 1:len(ctx) + len(cont) - 1].float()  # (len(cont), V)
+            target = torch.tensor(cont, device=device)
+            scores[i] = F.log_softmax(pred, -1).gather(-1, target[:, None]).sum().item()
+        bar.update(len(batch))
+        start += size
+    bar.close()
+    return scores
+
+
+def score_questions(model, tok, questions: list[MCQuestion], **kwargs) -> dict:
+    """acc (argmax log-likelihood), acc_norm (per character, as lm-eval), and mc2 (true-choice probability mass)."""
+    requests, owner = [], []
+    for q, question in enumerate(questions):
+        for choice in question.choices:
+            requests.append(split_tokens(tok, question.context, choice))
+            owner.append(q)
+    lls = loglikelihoods(model, requests, **kwargs)
+    per_question: list[list[float]] = [[] for _ in questions]
+    for q, ll in zip(owner, lls):
+        per_question[q].append(ll)
+    acc = acc_norm = mc2 = 0.0
+    for question, ll in zip(questions, per_question):
+        best = max(range(len(ll)), key=ll.__getitem__)
+        best_norm = max(range(len(ll)), key=lambda j: ll[j] / max(1, len(question.choices[j])))
+        acc += question.labels[best]
+        acc_norm += question.labels[best_norm]
+        top = max(ll)
+        probs = [math.exp(x - top) for x in ll]
+        mc2 += sum(p for p, label in zip(probs, question.labels) if label) / sum(probs)
+    n = max(1, len(questions))
+    return {"acc": acc / n, "acc_norm": acc_norm / n, "mc2": mc2 / n, "n": len(questions)}
