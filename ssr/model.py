@@ -193,6 +193,16 @@ class Transformer(nn.Module):
         attention_mask (B, T): 1 for real tokens, 0 for padding (left or right). With a cache, the new
         tokens are appended after `cache.length` slots and attend to everything cached before them.
         """
+        x = self.hidden_states(input_ids, attention_mask=attention_mask, positions=positions, cache=cache)
+        if last_only:
+            x = x[:, -1:]
+        return self.lm_head(x)
+
+    def hidden_states(self, input_ids, *, attention_mask=None, positions=None, cache: KVCache | None = None):
+        """input_ids (B, T) -> final normed hidden states (B, T, C), the input of lm_head.
+
+        Training calls this to apply lm_head only where the loss is taken (see ssr/loss.py).
+        """
         B, T = input_ids.shape
         new_valid = (torch.ones(B, T, dtype=torch.bool, device=input_ids.device) if attention_mask is None
                      else attention_mask.bool())
@@ -222,7 +232,4 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.length += T
             cache.next_pos += new_valid.sum(1)
-        x = self.model.norm(x)
-        if last_only:
-            x = x[:, -1:]
-        return self.lm_head(x)
+        return self.model.norm(x)
