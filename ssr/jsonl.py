@@ -1,0 +1,77 @@
+"""Append-only JSONL files that survive being killed: the output format of every resumable step (generate,
+judge). A step reads what is already there, skips those records' ids and appends the rest, one whole line per
+record, flushed as it goes.
+
+The trap avoided: a run killed mid-write leaves half a line at the end of the file. Appending after it would
+glue the next record onto the fragment and corrupt both, forever. So readers ignore an unterminated last line,
+and the writer cuts it off (or, if it is a complete record that only lacks its newline, terminates it) before
+appending. Only the writer touches the file: a reader may run while the writer is still busy.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """All complete records of a JSONL file ([] if it does not exist). An unterminated last line counts only if
+    it is valid JSON. A malformed line anywhere else is an error naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    tail = lines.pop()  # after the last newline: b"" when the file ends cleanly
+    records = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+    if tail.strip() and (last := _parse(tail)) is not None:
+        records.append(last)
+    return records
+
+
+def append_records(path: str | Path, records: Iterable[dict]) -> int:
+    """Append records, one line each, flushing after every line so that a killed run loses at most the line
+    being written; fsync at the end. `records` may be a generator producing them as work finishes. Returns how
+    many were written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _repair_tail(path)
+    count = 0
+    with open(path, "a", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            count += 1
+        os.fsync(f.fileno())
+    return count
+
+
+def _parse(line: bytes) -> dict | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
+def _repair_tail(path: Path) -> None:
+    """Make the file end in a newline: cut off a partial last line, or terminate a complete one."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+    data = path.read_bytes()  # the rare repair only: find where the last line starts
+    start = data.rfind(b"\n") + 1
+    with open(path, "r+b") as f:
+        if data[start:].strip() and _parse(data[start:]) is not None:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        else:
+            f.truncate(start)

@@ -1,0 +1,259 @@
+"""Rule-based judges: GSM8K final-answer match, MBPP execution of the program against its asserts, NQ-open
+alias match. The judge decides which of the model's own answers become training targets, so each verdict
+carries a short reason ("extracted 72 = 72", "AssertionError in test 2", "timeout after 5 s").
+
+The trap avoided in each:
+- GSM8K: instruct models rarely write the dataset's `#### N`; they say "The answer is $1,234.", `\\boxed{18}`
+  or end on a unit. A strict regex scores them near zero, so the final answer is extracted from free text and
+  compared as a number (18.00 == 18, 1,234 == 1234).
+- MBPP: an exit code of 0 does not mean the asserts ran. `ssr.sandbox` runs the program, the setup and each
+  assert as separate stages and proves each one finished; a pass needs every test.
+- NQ: chatty answers ("It was Paris, in 1900.") never equal an alias exactly. The default mode, "contains",
+  accepts an output that contains some normalised alias as whole words; "exact" is SQuAD exact match.
+  A contains-judge is lenient with outputs that list several candidates; report which mode a number used.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import os
+import re
+import string
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Callable, Iterable, Iterator, Sequence
+
+from ssr import sandbox
+from ssr.tasks import Example
+
+NQ_MODES = ("contains", "exact")
+DEFAULT_TIMEOUT = 5.0  # seconds per MBPP program; all official solutions but one need well under a second
+
+
+@dataclass(frozen=True)
+class Verdict:
+    correct: bool
+    reason: str  # one line for a human: "extracted 72 = 72", "AssertionError in test 2"
+    kind: str  # the reason grouped for counting: "match", "mismatch", "AssertionError", "timeout", ...
+
+
+# --------------------------------------------------------------------------------------------------------
+# GSM8K
+
+# A number as people write it: optional minus, optional $, thousands separators, decimals, an optional
+# "/denominator" (so that "1/2" is not read as 1). Not glued to a word or a number on its left, so "x2",
+# "3-5" (a range, not -5) and "1.2.3" yield no extra numbers.
+_NUMBER = re.compile(r"(?<![\w.])(?P<sign>[-−]?)\$?\s?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+                     r"(?:\s?/\s?(?P<den>\d+))?")
+_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_HASHES = re.compile(r"####")
+_ANSWER_IS = re.compile(r"\banswer\s*(?:is|was|would be|will be|should be|=|:)", re.IGNORECASE)
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_END_OF_SENTENCE = re.compile(r"\.(?:\s|$)|\n")
+
+
+def _numbers(text: str) -> list[Decimal]:
+    values = []
+    for m in _NUMBER.finditer(_FRAC.sub(r"\1/\2", text)):
+        value = Decimal(m["num"].replace(",", ""))
+        if m["den"]:
+            if int(m["den"]) == 0:
+                continue
+            value /= Decimal(m["den"])
+        values.append(-value if m["sign"] else value)
+    return values
+
+
+def _braced(text: str, start: int) -> str:
+    """The text inside the brace group opening just before `start`, nested braces included."""
+    depth = 1
+    for i in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start:i]
+    return text[start:]
+
+
+def extract_number(text: str) -> Decimal | None:
+    """The final answer in free text, by the first rule that finds a number:
+    the last `#### N`; the last `\\boxed{N}`; the last "answer is N" / "final answer: N" / "Answer: N" (the
+    first number in the rest of that sentence); otherwise the last number in the text. Fractions count as
+    their value, so `\\boxed{\\frac{1}{2}}` is 0.5, never 1."""
+    if hashes := list(_HASHES.finditer(text)):
+        tail = text[hashes[-1].end():].split("\n", 1)[0]
+        if found := _numbers(tail):
+            return found[0]
+    if boxes := list(_BOXED.finditer(text)):
+        if found := _numbers(_braced(text, boxes[-1].end())):
+            return found[0]
+    if phrases := list(_ANSWER_IS.finditer(text)):
+        tail = _END_OF_SENTENCE.split(text[phrases[-1].end():], 1)[0]
+        if found := _numbers(tail):
+            return found[0]
+    found = _numbers(text)
+    return found[-1] if found else None
+
+
+def _show(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+def gsm8k(output: str, reference: str) -> Verdict:
+    """Compare the output's final number with the reference's (a GSM8K solution ending in `#### N`, or N)."""
+    gold = extract_number(reference)
+    if gold is None:
+        raise ValueError(f"no number in the reference: {reference[-80:]!r}")
+    got = extract_number(output)
+    if got is None:
+        return Verdict(False, "no number in output", "no answer")
+    if got == gold:
+        return Verdict(True, f"extracted {_show(got)} = {_show(gold)}", "match")
+    return Verdict(False, f"extracted {_show(got)} != {_show(gold)}", "mismatch")
+
+
+# --------------------------------------------------------------------------------------------------------
+# MBPP
+
+_FENCE = re.compile(r"```[ \t]*(?P<lang>[\w+.-]*)[^\n]*\n(?P<code>.*?)(?:```|\Z)", re.DOTALL)
+_PYTHON_TAGS = ("", "python", "python3", "py")
+
+
+def _called_names(tests: Iterable[str]) -> set[str]:
+    """Functions the tests call that are not builtins: what the program has to define."""
+    names = set()
+    for test in tests:
+        try:
+            tree = ast.parse(test)
+        except SyntaxError:
+            continue
+        names |= {node.func.id for node in ast.walk(tree)
+                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    return {name for name in names if not hasattr(builtins, name)}
+
+
+def extract_code(output: str, tests: Iterable[str] = ()) -> str:
+    """The program in a model's answer: the first fenced Python block that defines a function the tests call,
+    else the first fenced Python block, else the whole output. An unclosed fence (a generation cut short)
+    runs to the end of the text."""
+    blocks = [m["code"] for m in _FENCE.finditer(output) if m["lang"].lower() in _PYTHON_TAGS]
+    wanted = _called_names(tests)
+    for block in blocks:
+        if any(re.search(rf"^\s*(?:async\s+)?(?:def|class)\s+{re.escape(name)}\b", block, re.MULTILINE)
+               for name in wanted):
+            return block
+    return blocks[0] if blocks else output
+
+
+def mbpp(output: str, tests: Sequence[str], setup: str = "", *, timeout: float = DEFAULT_TIMEOUT) -> Verdict:
+    """Run the program in the output, then the task's setup code, then each assert, in a sandbox. Correct only
+    if every assert provably ran and held."""
+    code = extract_code(output, tests)
+    if not code.strip():
+        return Verdict(False, "no code in output", "no code")
+    stages = [("program", code)] + ([("setup", setup)] if setup.strip() else [])
+    stages += [(f"test {i}", test) for i, test in enumerate(tests, 1)]
+    result = sandbox.run(stages, sandbox.Limits(timeout=timeout))
+    if result.passed:
+        return Verdict(True, f"passed {len(tests)} tests", "passed")
+    return Verdict(False, f"{result.error} in {result.stage}", result.kind)
+
+
+def mbpp_batch(items: Iterable[tuple[str, Sequence[str], str]], *, workers: int | None = None,
+               timeout: float = DEFAULT_TIMEOUT) -> list[Verdict]:
+    """Judge many (output, tests, setup) triples in parallel; verdicts in input order."""
+    items = list(items)
+    return _in_order(_parallel(lambda item: mbpp(*item, timeout=timeout), items, workers), len(items))
+
+
+# --------------------------------------------------------------------------------------------------------
+# NQ-open
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = set(string.punctuation)  # ASCII, symbols like $ and + included, as in SQuAD
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation (lower case, no punctuation, no articles a/an/the, single spaces), extended to
+    Unicode: accents are dropped and Unicode punctuation goes too, so "Fernández" = "Fernandez" and
+    "1979–80" (en dash) = "1979-80"."""
+    text = "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch)).lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION and not unicodedata.category(ch).startswith("P"))
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _light(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def nq(output: str, answers: Sequence[str], mode: str = "contains") -> Verdict:
+    """Match the output against every alias. "contains" (default): some normalised alias occurs in the
+    normalised output as whole words. "exact": the normalised output equals a normalised alias."""
+    if mode not in NQ_MODES:
+        raise ValueError(f"unknown NQ mode {mode!r}; expected one of {NQ_MODES}")
+    if not answers:
+        raise ValueError("no reference answers")
+    said = normalize_answer(output)
+    for alias in answers:
+        gold = normalize_answer(alias)
+        if gold:
+            hit = said == gold if mode == "exact" else f" {gold} " in f" {said} "
+        else:  # an alias made only of punctuation and articles ("A+", "---"): compare it as written
+            gold = _light(alias)
+            hit = bool(gold) and (_light(output) == gold if mode == "exact" else
+                                  re.search(rf"(?<!\w){re.escape(gold)}(?!\w)", _light(output)) is not None)
+        if hit:
+            return Verdict(True, f"{mode} match {alias!r}", "match")
+    more = f" (+{len(answers) - 1} aliases)" if len(answers) > 1 else ""
+    return Verdict(False, f"no {mode} match for {answers[0]!r}{more}", "no match")
+
+
+# --------------------------------------------------------------------------------------------------------
+# any task
+
+
+def judge(example: Example, output: str, *, nq_mode: str = "contains",
+          timeout: float = DEFAULT_TIMEOUT) -> Verdict:
+    """Judge one output for an `ssr.tasks.Example` with the judge of its task."""
+    if example.task == "gsm8k":
+        return gsm8k(output, example.gold)
+    if example.task == "mbpp":
+        return mbpp(output, example.tests, example.setup, timeout=timeout)
+    if example.task == "nq":
+        return nq(output, example.answers, nq_mode)
+    raise ValueError(f"no rule-based judge for task {example.task!r} (example {example.id})")
+
+
+def judge_iter(examples: Sequence[Example], outputs: Sequence[str], *, workers: int | None = None,
+               nq_mode: str = "contains", timeout: float = DEFAULT_TIMEOUT) -> Iterator[tuple[int, Verdict]]:
+    """Judge outputs[i] against examples[i] in parallel, yielding (i, verdict) as each finishes. Stopping the
+    iteration early cancels what has not started; programs already running end within their timeout."""
+    if len(examples) != len(outputs):
+        raise ValueError(f"{len(examples)} examples but {len(outputs)} outputs")
+    pairs = list(zip(examples, outputs))
+    return _parallel(lambda pair: judge(*pair, nq_mode=nq_mode, timeout=timeout), pairs, workers)
+
+
+def judge_batch(examples: Sequence[Example], outputs: Sequence[str], **options) -> list[Verdict]:
+    """`judge_iter` collected in input order: the entry point for the training pipeline."""
+    return _in_order(judge_iter(examples, outputs, **options), len(examples))
+
+
+def _parallel(fn: Callable, items: list, workers: int | None) -> Iterator[tuple[int, Verdict]]:
+    # Threads, not processes: each MBPP job is a subprocess anyway, and the other judges take microseconds.
+    # Twice as many as cores by default: a sandbox run is mostly process start-up latency, not CPU.
+    pool = ThreadPoolExecutor(max_workers=workers or 2 * (os.cpu_count() or 1))
+    try:
+        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_order(done: Iterator[tuple[int, Verdict]], n: int) -> list[Verdict]:
+    verdicts: list[Verdict | None] = [None] * n
+    for i, verdict in done:
+        verdicts[i] = verdict
+    return verdicts

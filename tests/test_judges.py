@@ -1,0 +1,304 @@
+"""Rule-based judges on the real GSM8K, MBPP and NQ-open files, the resumable JSONL helper and judge.py."""
+import json
+import os
+import time
+from decimal import Decimal
+
+import pytest
+
+import judge as judge_cli
+from ssr import judges
+from ssr.jsonl import append_records, read_records
+from ssr.tasks import Example, load_task
+
+# Official MBPP solutions that do not pass their own test_list under the default judge, with the kind of
+# failure and why. This copy of mbpp.jsonl already has the fixes for tasks 341 (ordered tuples) and 596
+# (sys.getsizeof instead of hard-coded sizes); older copies fail those two as well.
+KNOWN_BROKEN_MBPP = {
+    "123": ("timeout", "correct but slow: the O(n^2) divisor sums for amicable_numbers_sum(9999) take about "
+                       "4 s of CPU, past the 5 s limit when the machine is busy; it passes on an idle fast one"),
+}
+
+
+# --------------------------------------------------------------------------------------------------------
+# GSM8K
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_every_gsm8k_gold_solution_is_right_and_a_changed_answer_is_wrong(shared, split):
+    examples = load_task(shared / "data" / "gsm8k" / f"{split}.jsonl")
+    assert len(examples) == {"train": 7473, "test": 1319}[split]
+    for ex in examples:
+        verdict = judges.gsm8k(ex.gold, ex.gold)
+        assert verdict.correct, (ex.id, verdict)
+        body, final = ex.gold.rsplit("####", 1)
+        changed = body + "#### " + str(int(final.strip().replace(",", "")) + 1)
+        assert not judges.gsm8k(changed, ex.gold).correct, ex.id
+
+
+# (model output, the number the judge must read from it); None: no number at all.
+PHRASINGS = [
+    ("#### 72", "72"),
+    ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72", "72"),
+    ("The answer is 72.", "72"),
+    ("The answer is $1,234.", "1234"),
+    ("The final answer is 1,000,000", "1000000"),
+    ("Final Answer: The final answer is 18. I hope it is correct.", "18"),
+    ("\\boxed{18}", "18"),
+    ("So the total is $\\boxed{18.00}$ dollars.", "18"),
+    ("\\boxed{\\$1,200}", "1200"),
+    ("\\boxed{18 \\text{ apples}}", "18"),
+    ("\\boxed{\\frac{1}{2}}", "0.5"),  # a fraction is its value, never its numerator
+    ("The answer is 1/2", "0.5"),
+    ("Answer: 3 apples", "3"),
+    ("Answer: **42**", "42"),
+    ("answer = 15", "15"),
+    ("The answer is: $ 25", "25"),
+    ("The answer is (B) 45 minutes", "45"),
+    ("The temperature drops to -5 degrees. The answer is -5.", "-5"),
+    ("He is left with −7 dollars", "-7"),  # Unicode minus
+    ("The answer is -$5", "-5"),
+    ("She runs 5 km every day, so in a week she runs 35 km.", "35"),  # units
+    ("The discount is 50%.", "50"),
+    ("so 7.", "7"),  # a trailing period is not a decimal point
+    ("It costs $18.00", "18"),
+    ("She earned 1,250.50 dollars.", "1250.5"),
+    ("That is 0.5 of the pie, i.e. .5", "0.5"),
+    ("The answer is 12. Check: 12 + 3 = 15", "12"),  # the marked answer beats the last number
+    ("The answer is 12.\nCheck: 12 + 3 = 15", "12"),
+    ("\\boxed{12}\nSo the answer is 15", "12"),  # boxed beats "answer is"
+    ("#### 72\nThe answer is 5", "72"),  # #### beats everything
+    ("The answer is twenty. 4 * 5 = 20", "20"),  # nothing in the marked sentence: the last number
+    ("To answer this, we need 3 steps. 4 * 5 = 20. So 20", "20"),  # "answer this" is not a marker
+    ("Pages 3-5 were torn; 10 pages remain", "10"),  # a range is not a negative number
+    ("10 - 5 = 5, so he has 5", "5"),
+    ("The 2nd store sells 14 pens", "14"),
+    ("x2 = 9", "9"),
+    ("Step 1: 6 * 4 = 24\nStep 2: 24 + 6 = 30\nTherefore, Tom has 30 marbles.", "30"),
+    ("There are 10,000 people", "10000"),
+    ("The numbers are 5,6", "6"),  # not a thousands separator
+    ("I don't know.", None),
+    ("", None),
+]
+
+
+@pytest.mark.parametrize("output, number", PHRASINGS)
+def test_gsm8k_phrasings(output, number):
+    got = judges.extract_number(output)
+    assert got == (None if number is None else Decimal(number)), output
+    verdict = judges.gsm8k(output, f"Some working.\n#### {number or 1}")
+    assert verdict.correct == (number is not None), verdict
+    if number is not None:
+        assert not judges.gsm8k(output, f"#### {Decimal(number) + 1}").correct
+
+
+def test_gsm8k_verdict_reasons():
+    assert judges.gsm8k("The answer is 72.", "#### 72") == judges.Verdict(True, "extracted 72 = 72", "match")
+    assert judges.gsm8k("The answer is 71.", "#### 72") == judges.Verdict(False, "extracted 71 != 72", "mismatch")
+    assert judges.gsm8k("no idea", "#### 72") == judges.Verdict(False, "no number in output", "no answer")
+    assert judges.gsm8k("18", "18").correct  # a bare number works as the reference too
+    with pytest.raises(ValueError, match="no number in the reference"):
+        judges.gsm8k("18", "eighteen")
+
+
+# --------------------------------------------------------------------------------------------------------
+# MBPP
+
+def test_every_official_mbpp_solution_passes_except_the_known_broken(shared):
+    examples = load_task(shared / "data" / "mbpp" / "mbpp.jsonl")
+    assert len(examples) == 974
+    start = time.monotonic()
+    verdicts = judges.mbpp_batch([(ex.gold, ex.tests, ex.setup) for ex in examples])
+    elapsed = time.monotonic() - start
+    failed = {ex.id: v for ex, v in zip(examples, verdicts) if not v.correct}
+    unexpected = {i: v for i, v in failed.items() if i not in KNOWN_BROKEN_MBPP}
+    assert not unexpected, unexpected
+    for task_id, verdict in failed.items():
+        assert verdict.kind == KNOWN_BROKEN_MBPP[task_id][0], (task_id, verdict)
+    assert all(v.reason == "passed 3 tests" for ex, v in zip(examples, verdicts) if ex.id not in failed)
+    assert elapsed < 120, f"judging all 974 took {elapsed:.0f} s on {os.cpu_count()} cores"
+
+
+TESTS = ["assert add(1, 2) == 3", "assert add(2, 2) == 4", "assert add(0, 0) == 0"]
+
+
+@pytest.mark.parametrize("output, correct, reason", [
+    ("def add(a, b):\n    return a + b", True, "passed 3 tests"),
+    ("def add(a, b):\n    return a + b if a < 2 else 0", False, "AssertionError in test 2"),
+    ("def add(a, b) return a + b", False, "SyntaxError in program"),
+    ("def plus(a, b):\n    return a + b", False, "NameError in test 1"),
+    ("import sys\ndef add(a, b):\n    return a + b\nsys.exit(0)", False, "SystemExit in program"),
+    ("import os\ndef add(a, b):\n    return a + b\nos._exit(0)", False, "exited with code 0 in program"),
+    ("def add(a, b):\n    while True:\n        pass", False, "timeout after 1 s in test 1"),
+    ("Sure! Here it is:\n```python\ndef add(a, b):\n    return a + b\n```\nHope this helps.", True, "passed 3 tests"),
+    ("```\ndef add(a, b):\n    return a + b\n```", True, "passed 3 tests"),
+    ("```python\ndef add(a, b):\n    return a + b", True, "passed 3 tests"),  # cut off before the closing fence
+    ("Usage:\n```python\nprint(add(1, 2))\n```\nCode:\n```python\ndef add(a, b):\n    return a + b\n```",
+     True, "passed 3 tests"),  # the block that defines the tested function wins
+    ("```python\n\n```", False, "no code in output"),
+])
+def test_mbpp_verdicts(output, correct, reason):
+    verdict = judges.mbpp(output, TESTS, timeout=1)
+    assert (verdict.correct, verdict.reason) == (correct, reason), verdict
+
+
+def test_mbpp_setup_runs_after_the_program_and_before_the_tests():
+    program = "class Box:\n    def __init__(self, v):\n        self.v = v\ndef get(b):\n    return b.v"
+    assert judges.mbpp(program, ["assert get(box) == 7"], setup="box = Box(7)").correct
+    verdict = judges.mbpp(program, ["assert get(box) == 7"], setup="box = Crate(7)")
+    assert verdict.reason == "NameError in setup"
+
+
+def test_extract_code_picks_the_block_defining_the_tested_function():
+    output = "```python\nx = 1\n```\n```py\ndef helper(): pass\ndef add(a, b): return a + b\n```"
+    assert judges.extract_code(output, TESTS).startswith("def helper")
+    assert judges.extract_code(output).strip() == "x = 1"  # no tests: the first Python block
+    assert judges.extract_code("```bash\nls\n```\ndef add(a, b): pass") == "```bash\nls\n```\ndef add(a, b): pass"
+
+
+# --------------------------------------------------------------------------------------------------------
+# NQ-open
+
+def test_every_nq_dev_answer_matches_itself(shared):
+    examples = load_task(shared / "data" / "nq_open" / "NQ-open.dev.jsonl")
+    assert len(examples) == 3610
+    for ex in examples:
+        for alias in ex.answers:
+            for mode in judges.NQ_MODES:
+                assert judges.nq(alias, ex.answers, mode).correct, (ex.id, alias, mode)
+
+
+@pytest.mark.parametrize("text, normalized", [
+    ("The Eiffel Tower", "eiffel tower"),
+    ("  a   Tale of Two Cities. ", "tale of two cities"),
+    ("Jay-Z", "jayz"),
+    ("U.S.A.", "usa"),
+    ("the 1979–80 season", "197980 season"),  # en dash = hyphen
+    ("1979-80 season", "197980 season"),
+    ("Javier Fernández", "javier fernandez"),  # accents dropped
+    ("54\xa0Mbit/s", "54 mbits"),  # non-breaking space
+    ("Theatre and anthem", "theatre and anthem"),  # articles only as whole words
+    ("€9.88 per hour.", "€988 per hour"),
+])
+def test_nq_normalisation(text, normalized):
+    assert judges.normalize_answer(text) == normalized
+
+
+@pytest.mark.parametrize("output, answers, contains, exact", [
+    ("Paris", ["Paris"], True, True),
+    ("The answer is Paris.", ["Paris"], True, False),
+    ("It is the city of Parisian fashion", ["Paris"], False, False),  # whole words only
+    ("George Washington", ["Washington", "G. Washington"], True, False),
+    ("the Beatles", ["The Beatles"], True, True),
+    ("London", ["Paris", "City of Paris"], False, False),
+    ("He got an A+ in it", ["A+"], True, False),  # an alias that normalises to nothing is matched as written
+    ("A", ["A+"], False, False),
+    ("", ["Paris"], False, False),
+])
+def test_nq_modes(output, answers, contains, exact):
+    assert judges.nq(output, answers).correct == contains  # contains is the default
+    assert judges.nq(output, answers, "contains").correct == contains
+    assert judges.nq(output, answers, "exact").correct == exact
+
+
+def test_nq_reasons_and_errors():
+    assert judges.nq("It was Paris.", ["Paris", "City of Paris"]) == \
+        judges.Verdict(True, "contains match 'Paris'", "match")
+    assert judges.nq("London", ["Paris", "City of Paris"]) == \
+        judges.Verdict(False, "no contains match for 'Paris' (+1 aliases)", "no match")
+    with pytest.raises(ValueError, match="NQ mode"):
+        judges.nq("Paris", ["Paris"], "fuzzy")
+
+
+# --------------------------------------------------------------------------------------------------------
+# dispatch and batches
+
+GSM = Example(id="g", task="gsm8k", question="?", gold="Work.\n#### 1,200")
+MBPP = Example(id="m", task="mbpp", question="add", gold="", tests=TESTS)
+NQ = Example(id="n", task="nq", question="?", gold="Paris", answers=["Paris"])
+
+
+def test_judge_dispatches_on_the_task():
+    assert judges.judge(GSM, "The answer is $1,200.").reason == "extracted 1200 = 1200"
+    assert judges.judge(MBPP, "def add(a, b): return a + b").reason == "passed 3 tests"
+    assert judges.judge(NQ, "Paris, France").correct
+    assert not judges.judge(NQ, "Paris, France", nq_mode="exact").correct
+    with pytest.raises(ValueError, match="no rule-based judge"):
+        judges.judge(Example(id="c", task="chat", question="hi", gold="hello"), "hello")
+
+
+def test_judge_batch_keeps_input_order():
+    examples = [MBPP, GSM, NQ, MBPP, GSM]
+    outputs = ["def add(a, b): return a - b", "1200", "Rome", "def add(a, b): return a + b", "#### 7"]
+    verdicts = judges.judge_batch(examples, outputs, workers=3, timeout=2)
+    assert [v.correct for v in verdicts] == [False, True, False, True, False]
+    assert verdicts[0].reason == "AssertionError in test 1"
+    with pytest.raises(ValueError, match="outputs"):
+        judges.judge_batch(examples, outputs[:2])
+
+
+# --------------------------------------------------------------------------------------------------------
+# resumable JSONL and judge.py
+
+def test_jsonl_survives_a_killed_writer(tmp_path):
+    path = tmp_path / "out.jsonl"
+    assert read_records(path) == []
+    assert append_records(path, [{"id": "1"}, {"id": "2"}]) == 2
+    with open(path, "ab") as f:
+        f.write(b'{"id": "3", "out')  # killed mid-line
+    assert read_records(path) == [{"id": "1"}, {"id": "2"}]  # readers ignore the fragment...
+    assert path.read_bytes().endswith(b'"out')  # ...and leave the file alone
+    append_records(path, [{"id": "3"}])  # the writer cuts it off first
+    assert read_records(path) == [{"id": "1"}, {"id": "2"}, {"id": "3"}]
+    assert path.read_text().count("\n") == 3
+
+
+def test_jsonl_keeps_a_complete_last_record_without_newline(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"id": "1"}\n{"id": "2"}')
+    assert read_records(path) == [{"id": "1"}, {"id": "2"}]
+    append_records(path, [{"id": "3"}])
+    assert path.read_text() == '{"id": "1"}\n{"id": "2"}\n{"id": "3"}\n'
+
+
+def test_jsonl_reports_a_corrupt_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"id": "1"}\nnot json\n{"id": "3"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        read_records(path)
+
+
+def test_judge_cli_judges_resumes_and_summarizes(tmp_path, capsys):
+    tasks = tmp_path / "gsm8k.jsonl"
+    tasks.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"work\n#### {i}"}) + "\n" for i in range(4)))
+    predictions = tmp_path / "pred.jsonl"
+    records = [{"id": str(i), "mode": mode, "output": f"The answer is {i if i % 2 == 0 else 99}.",
+                "finish_reason": "stop"} for i in range(4) for mode in ("predict", "paraphrase")]
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in records[:5]) + '{"id": "2", "mo')
+    out = tmp_path / "verdicts.jsonl"
+
+    assert judge_cli.main(["--task-file", str(tasks), "--predictions", str(predictions), "--out", str(out)]) == 0
+    first = read_records(out)
+    assert sorted((v["id"], v["mode"]) for v in first) == sorted((r["id"], r["mode"]) for r in records[:5])
+    assert {(v["id"], v["mode"]): v["correct"] for v in first}[("1", "predict")] is False
+    assert {(v["id"], v["mode"]): v["reason"] for v in first}[("0", "predict")] == "extracted 0 = 0"
+
+    with open(out, "ab") as f:
+        f.write(b'{"id": "3", "mode": "pre')  # a judge run killed mid-line
+    predictions.write_text("".join(json.dumps(r) + "\n" for r in records))  # generation went on
+    capsys.readouterr()
+    assert judge_cli.main(["--task-file", str(tasks), "--predictions", str(predictions), "--out", str(out)]) == 0
+    final = read_records(out)
+    assert len(final) == 8 and final[:5] == first  # nothing judged twice, old lines untouched
+    summary = capsys.readouterr().out
+    assert "predict: 2/4 correct (50.0%)" in summary
+    assert "paraphrase: 2/4 correct (50.0%)" in summary
+    assert "match 2, mismatch 2" in summary
+
+
+def test_judge_cli_refuses_chat_records(tmp_path):
+    tasks = tmp_path / "chat.jsonl"
+    tasks.write_text(json.dumps({"prompt": "hi", "response": "hello"}) + "\n")
+    predictions = tmp_path / "pred.jsonl"
+    predictions.write_text(json.dumps({"id": "0", "output": "hello"}) + "\n")
+    with pytest.raises(SystemExit):
+        judge_cli.main(["--task-file", str(tasks), "--predictions", str(predictions), "--out", str(tmp_path / "v")])
