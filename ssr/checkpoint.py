@@ -20,8 +20,7 @@ from safetensors.torch import save_file
 
 from ssr.config import ModelConfig
 from ssr.model import Transformer
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from ssr.smollm2 import DEFAULT_MODEL, default_model_dir
 # Tensors some checkpoints carry that hold nothing the model needs (RoPE tables are recomputed).
 HARMLESS = re.compile(r".*rotary_emb\.inv_freq$")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
@@ -31,7 +30,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def resolve_model_dir(path_or_name) -> Path:
     """A checkpoint folder, or the built-in default model's folder (built on first use)."""
     if str(path_or_name).lower() == DEFAULT_MODEL:
-        from ssr.smollm2 import default_model_dir
         return default_model_dir()
     folder = Path(path_or_name).expanduser()
     if not folder.is_dir():
