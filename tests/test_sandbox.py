@@ -4,6 +4,7 @@ would let a successful attack pass, so a pass here means the containment failed.
 import os
 import random
 import shutil
+import subprocess
 import socket
 import time
 from pathlib import Path
@@ -237,11 +238,16 @@ def test_stage_names_must_be_unique():
 
 def test_best_isolation_uses_root_when_it_has_it():
     chosen = sandbox.best_isolation()
-    if os.geteuid() == 0 and shutil.which("unshare"):
-        # As root with util-linux, anything weaker means namespaces broke: say so rather than degrade quietly.
-        assert chosen == Isolation(namespaces=True, drop_privileges=True), chosen
-    else:
-        assert isinstance(chosen, Isolation)
+    if os.geteuid() != 0:
+        assert chosen == Isolation(namespaces=chosen.namespaces, drop_privileges=False), chosen
+        return
+    assert chosen.drop_privileges, chosen  # root can always run the program under another uid
+    os_allows = shutil.which("unshare") and subprocess.run(
+        ["unshare", "--pid", "--mount", "--net", "--ipc", "--fork", "true"], capture_output=True).returncode == 0
+    if not os_allows:
+        pytest.skip("this kernel or container does not let root create namespaces; the uid drop still holds")
+    # Namespaces work here: anything weaker means the sandbox broke; say so rather than degrade quietly.
+    assert chosen == Isolation(namespaces=True, drop_privileges=True), chosen
 
 
 def test_hostile_batch_in_parallel_through_the_judge():
