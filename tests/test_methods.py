@@ -1,0 +1,64 @@
+"""Each method picks exactly the expected target for every example, from canned generations and verdicts."""
+from ssr import methods
+from ssr.tasks import Example
+
+
+def gen(output, finish="stop"):
+    return {"output": output, "finish_reason": finish}
+
+
+def ok(correct):
+    return {"correct": correct, "reason": "canned"}
+
+
+EXAMPLES = [Example(id=str(i), task="gsm8k", question=f"q{i}", gold=f"g{i}") for i in range(7)]
+GOLD = {e.id: f"gold {e.id}" for e in EXAMPLES}
+# id: what the base model did
+PREDICTIONS = {
+    "0": gen("self right"),  # correct
+    "1": gen("self wrong"),  # wrong
+    "2": gen("self cut off", "length"),  # judged right, but truncated
+    "3": gen("   "),  # empty
+    "4": gen("self wrong again"),
+    # "5": no prediction at all (e.g. generation failed)
+    "6": gen("self wrong, para cut"),
+}
+VERDICTS = {"0": ok(True), "1": ok(False), "2": ok(True), "3": ok(True), "4": ok(False), "6": ok(False)}
+PARAPHRASES = {"1": gen("para right"), "2": gen("para right 2"), "3": gen("para wrong"), "4": gen("para right 4"),
+               "5": gen("para right 5"), "6": gen("para cut", "length")}
+PARA_VERDICTS = {"1": ok(True), "2": ok(True), "3": ok(False), "4": ok(True), "5": ok(True), "6": ok(True)}
+REWRITES = {"0": gen("rewrite right"), "1": gen("rewrite wrong"), "2": gen("As the reference answer says, 4."),
+            "3": gen("rewrite cut", "length"), "4": gen("rewrite right 4"), "6": gen("rewrite right 6")}
+REWRITE_VERDICTS = {"0": ok(True), "1": ok(False), "2": ok(True), "3": ok(True), "4": ok(True), "6": ok(True)}
+
+
+def picked(targets):
+    assert [t.id for t in targets] == [e.id for e in EXAMPLES]  # one target per example, in order
+    return [(t.source, t.response) for t in targets]
+
+
+def test_sft_is_always_gold():
+    assert picked(methods.sft(EXAMPLES, GOLD)) == [("gold", GOLD[e.id]) for e in EXAMPLES]
+
+
+def test_ssr():
+    assert picked(methods.ssr(EXAMPLES, GOLD, PREDICTIONS, VERDICTS)) == [
+        ("self", "self right"), ("gold", "gold 1"), ("gold", "gold 2"), ("gold", "gold 3"),
+        ("gold", "gold 4"), ("gold", "gold 5"), ("gold", "gold 6")]
+
+
+def test_s3ft():
+    assert picked(methods.s3ft(EXAMPLES, GOLD, PREDICTIONS, VERDICTS, PARAPHRASES, PARA_VERDICTS)) == [
+        ("self", "self right"), ("paraphrase", "para right"), ("paraphrase", "para right 2"), ("gold", "gold 3"),
+        ("paraphrase", "para right 4"), ("paraphrase", "para right 5"), ("gold", "gold 6")]
+
+
+def test_sdft():
+    assert picked(methods.sdft(EXAMPLES, GOLD, REWRITES, REWRITE_VERDICTS)) == [
+        ("rewrite", "rewrite right"), ("gold", "gold 1"), ("gold", "gold 2"), ("gold", "gold 3"),
+        ("rewrite", "rewrite right 4"), ("gold", "gold 5"), ("rewrite", "rewrite right 6")]
+
+
+def test_source_counts():
+    targets = methods.s3ft(EXAMPLES, GOLD, PREDICTIONS, VERDICTS, PARAPHRASES, PARA_VERDICTS)
+    assert methods.source_counts(targets) == {"gold": 2, "self": 1, "paraphrase": 4, "rewrite": 0}
