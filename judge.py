@@ -13,10 +13,8 @@ import argparse
 import sys
 from collections import Counter, defaultdict
 
-from tqdm import tqdm
-
 from ssr import judges
-from ssr.jsonl import append_records, read_records
+from ssr.jsonl import read_records
 from ssr.tasks import TASKS, load_task
 
 
@@ -52,35 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     if task not in TASKS:
         parser.error(f"{args.task_file} holds {task!r} records; rule-based judges exist for {', '.join(TASKS)}")
     predictions = read_records(args.predictions)
-    done = {(v["id"], v.get("mode")) for v in read_records(args.out)}
-    todo, seen, unknown = [], set(), []
-    for record in predictions:
-        key = (str(record["id"]), record.get("mode"))
-        if key in done or key in seen:
-            continue
-        seen.add(key)
-        if key[0] not in examples:
-            unknown.append(key[0])
-            continue
-        todo.append(record)
-    if unknown:
-        print(f"warning: {len(unknown)} predictions have ids not in {args.task_file} (e.g. {unknown[0]!r}); "
-              "skipped", file=sys.stderr)
-    print(f"{len(done)} already judged, {len(todo)} to judge", file=sys.stderr)
-
-    verdicts = judges.judge_iter([examples[str(r["id"])] for r in todo], [r["output"] for r in todo],
-                                 workers=args.workers, nq_mode=args.nq_mode, timeout=args.timeout)
-    with tqdm(total=len(todo), desc="judging", unit="answer") as bar:
-        def records():
-            for i, verdict in verdicts:
-                bar.update()
-                example = examples[str(todo[i]["id"])]
-                yield {"id": example.id, "mode": todo[i].get("mode"), "task": example.task,
-                       "correct": verdict.correct, "kind": verdict.kind, "reason": verdict.reason}
-        append_records(args.out, records())
-
-    wanted = {(str(r["id"]), r.get("mode")) for r in predictions}
-    print(summarize([v for v in read_records(args.out) if (v["id"], v.get("mode")) in wanted]))
+    known = [r for r in predictions if str(r["id"]) in examples]
+    if len(known) < len(predictions):
+        unknown = next(r["id"] for r in predictions if str(r["id"]) not in examples)
+        print(f"warning: {len(predictions) - len(known)} predictions have ids not in {args.task_file} "
+              f"(e.g. {unknown!r}); skipped", file=sys.stderr)
+    verdicts = judges.judge_records(examples, known, args.out, workers=args.workers, nq_mode=args.nq_mode,
+                                    timeout=args.timeout)
+    print(summarize(verdicts))
     return 0
 
 

@@ -25,7 +25,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Callable, Iterable, Iterator, Sequence
 
+from tqdm import tqdm
+
 from ssr import sandbox
+from ssr.jsonl import append_records, read_records
 from ssr.tasks import Example
 
 NQ_MODES = ("contains", "exact")
@@ -238,6 +241,33 @@ def judge_iter(examples: Sequence[Example], outputs: Sequence[str], *, workers: 
 def judge_batch(examples: Sequence[Example], outputs: Sequence[str], **options) -> list[Verdict]:
     """`judge_iter` collected in input order: the entry point for the training pipeline."""
     return _in_order(judge_iter(examples, outputs, **options), len(examples))
+
+
+def judge_records(examples: dict[str, Example], records: Sequence[dict], out_path, *, progress: bool = True,
+                  **options) -> list[dict]:
+    """Judge generate.py records ({"id", "mode", "output", ...}) into a resumable verdicts JSONL file.
+
+    Appends {"id", "mode", "task", "correct", "kind", "reason"} for each (id, mode) that `out_path`
+    lacks, as verdicts finish; returns the verdict records of `records`, in their order. Records whose
+    id is not in `examples` are an error.
+    """
+    unknown = [r["id"] for r in records if str(r["id"]) not in examples]
+    if unknown:
+        raise KeyError(f"{len(unknown)} record(s) have ids that are not in the task (e.g. {unknown[0]!r})")
+    key = lambda r: (str(r["id"]), r.get("mode"))  # noqa: E731
+    done = {key(v) for v in read_records(out_path)}
+    todo = list({key(r): r for r in records if key(r) not in done}.values())
+    verdicts = judge_iter([examples[str(r["id"])] for r in todo], [r["output"] for r in todo], **options)
+    with tqdm(total=len(todo), desc="judging", unit="answer", disable=not progress) as bar:
+        def finished():
+            for i, verdict in verdicts:
+                bar.update()
+                example = examples[str(todo[i]["id"])]
+                yield {"id": example.id, "mode": todo[i].get("mode"), "task": example.task,
+                       "correct": verdict.correct, "kind": verdict.kind, "reason": verdict.reason}
+        append_records(out_path, finished())
+    by_key = {key(v): v for v in read_records(out_path)}
+    return [by_key[key(r)] for r in records]
 
 
 def _parallel(fn: Callable, items: list, workers: int | None) -> Iterator[tuple[int, Verdict]]:
