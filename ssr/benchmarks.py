@@ -32,7 +32,7 @@ class MCQuestion:
     labels: list[int]  # 1 for a correct choice (MC2 has several), else 0
 
 
-def _subsample(items: list, limit: int | None, seed: int = 0) -> list:
+def subsample(items: list, limit: int | None, seed: int = 0) -> list:
     # a fixed-seed sample, so that --limit covers all subjects and is the same for every model compared
     if not limit or limit >= len(items):
         return items
@@ -58,7 +58,7 @@ def load_mmlu(data_dir: Path, limit=None) -> list[MCQuestion]:
                            + "Answer:")
                 out.append(MCQuestion(f"{subject}/{i}", context, [" A", " B", " C", " D"],
                                       [int(letter == answer) for letter in "ABCD"]))
-    return _subsample(out, limit)
+    return subsample(out, limit)
 
 
 def _arc(data_dir: Path, name: str, limit) -> list[MCQuestion]:
@@ -79,7 +79,7 @@ def _arc(data_dir: Path, name: str, limit) -> list[MCQuestion]:
         out.append(MCQuestion(row["id"], f"Question: {row['question']['stem']}\nAnswer:",
                               [" " + c["text"] for c in row["question"]["choices"]],
                               [int(label == row["answerKey"]) for label in labels]))
-    return _subsample(out, limit)
+    return subsample(out, limit)
 
 
 def load_arc_easy(data_dir: Path, limit=None):
@@ -117,7 +117,7 @@ def _truthfulqa(data_dir: Path, key: str, limit) -> list[MCQuestion]:
         targets = row[key]
         out.append(MCQuestion(str(i), f"{TRUTHFULQA_PRIMER}Q: {row['question']}\nA:",
                               [" " + answer for answer in targets], [int(v) for v in targets.values()]))
-    return _subsample(out, limit)
+    return subsample(out, limit)
 
 
 def load_truthfulqa_mc1(data_dir: Path, limit=None):
@@ -148,7 +148,7 @@ def load_hellaswag(data_dir: Path, limit=None) -> list[MCQuestion]:
         context = _hellaswag_text(f"{row['activity_label']}: {row['ctx_a']} {row['ctx_b'].capitalize()}")
         out.append(MCQuestion(str(row.get("ind", i)), context, [" " + _hellaswag_text(e) for e in row["endings"]],
                               [int(j == int(row["label"])) for j in range(len(row["endings"]))]))
-    return _subsample(out, limit)
+    return subsample(out, limit)
 
 
 LOADERS = {

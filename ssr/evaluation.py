@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ssr.benchmarks import MCQuestion
+from ssr import judges
+from ssr.benchmarks import MCQuestion, subsample
+from ssr.inference import generate_records
+from ssr.tasks import load_task
 
 
 def split_tokens(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -46,12 +49,13 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_tok
         for row, i in enumerate(batch):
             seq = requests[i][0] + requests[i][1]
             ids[row, :len(seq)] = torch.tensor(seq)
-        logits = model(ids.to(device))  # (B, T, V); right padding needs no mask for a causal model
+        hidden = model.hidden_states(ids.to(device))  # (B, T, C); right padding needs no mask when causal
         for row, i in enumerate(batch):
             ctx, cont = requests[i]
-            pred = logits[row, len(ctx) - 1:len(ctx) + len(cont) - 1].float()  # (len(cont), V)
+            # lm_head only where a continuation token is predicted: the full (B, T, vocab) would dwarf the rest
+            logits = model.lm_head(hidden[row, len(ctx) - 1:len(ctx) + len(cont) - 1]).float()  # (len(cont), V)
             target = torch.tensor(cont, device=device)
-            scores[i] = F.log_softmax(pred, -1).gather(-1, target[:, None]).sum().item()
+            scores[i] = F.log_softmax(logits, -1).gather(-1, target[:, None]).sum().item()
         bar.update(len(batch))
         start += size
     bar.close()
@@ -80,3 +84,36 @@ def score_questions(model, tok, questions: list[MCQuestion], **kwargs) -> dict:
         mc2 += sum(p for p, label in zip(probs, question.labels) if label) / sum(probs)
     n = max(1, len(questions))
     return {"acc": acc / n, "acc_norm": acc_norm / n, "mc2": mc2 / n, "n": len(questions)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# target tasks: generate an answer, judge it
+
+# the official files under --data-dir, as laid out in ../shared/data
+TARGET_FILES = {"gsm8k": "gsm8k/test.jsonl", "mbpp": "mbpp/mbpp.jsonl", "nq": "nq_open/NQ-open.dev.jsonl"}
+MBPP_TEST_IDS = range(11, 511)  # the MBPP paper's test split: task_ids 11-510
+
+
+def target_examples(task: str, path, limit: int | None = None) -> list:
+    """A target task's evaluation examples: GSM8K test, MBPP 11-510, NQ-open dev (or any task file)."""
+    examples = load_task(path)
+    if examples[0].task == "mbpp" and task == "mbpp":
+        examples = [e for e in examples if int(e.id) in MBPP_TEST_IDS]
+    return subsample(examples, limit)
+
+
+def score_generations(model, tok, examples, predictions_path, verdicts_path, *, batch_size: int = 16,
+                      max_new_tokens: int = 512, nq_mode: str = "contains", progress: bool = True) -> dict:
+    """Greedy answers to the task prompts, judged: accuracy (pass@1 for MBPP), resumable through both files."""
+    records = generate_records(model, tok, examples, "predict", predictions_path, batch_size=batch_size,
+                               max_new_tokens=max_new_tokens, progress=progress)
+    verdicts = judges.judge_records({e.id: e for e in examples}, records, verdicts_path, nq_mode=nq_mode,
+                                    progress=progress)
+    n = max(1, len(examples))
+    result = {"acc": sum(v["correct"] for v in verdicts) / n, "n": len(examples),
+              "truncated": sum(r["finish_reason"] == "length" for r in records) / n}
+    if examples and examples[0].task == "nq":  # report both NQ modes; the judge's mode is the score
+        other = "exact" if nq_mode == "contains" else "contains"
+        result[other] = sum(judges.nq(r["output"], e.answers, other).correct for r, e in zip(records, examples)) / n
+        result[nq_mode] = result["acc"]
+    return result
