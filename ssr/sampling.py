@@ -1,0 +1,208 @@
+"""Batched sampling with a preallocated KV cache: greedy, temperature, top-k, top-p, per-row stops.
+
+Prompts of different lengths share one batch by left padding: each row keeps its own RoPE positions
+(the cache's `next_pos`) and its padding slots are masked, so a row's tokens are the ones it would
+get alone. The prefill runs rows of similar length together, so padding costs little; then one
+token per step for every live row. A row stops on any stop id (or stop string), the loop ends when
+every row has stopped or the budget is spent, and the cache is sized so that it can never overflow.
+Rows that finish are dropped from the batch once half of them are done, so a long answer does not
+keep paying for its short neighbours.
+
+The trap avoided: batching must not change greedy output. Left padding with per-row positions and
+masked padding keys keeps every row exact (ids equal to one-prompt-at-a-time decoding); right
+padding, shared positions or unmasked padding all give fluent, slightly different text.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from ssr.model import KVCache, Transformer
+
+
+@dataclass
+class Completion:
+    tokens: list[int]  # the new tokens, the stop token excluded
+    finish_reason: str  # "stop" (a stop id or stop string) or "length" (max_new_tokens reached)
+
+
+def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int = 64, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, stop_ids=None, seed: int | None = None, **kwargs) -> list[list[int]]:
+    """New token ids for each prompt (stop token excluded). Keyword arguments as for `complete`."""
+    return [c.tokens for c in complete(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_ids, seed,
+                                       **kwargs)]
+
+
+def complete(model: Transformer, prompts: list[list[int]], max_new_tokens: int = 64, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, stop_ids=None, seed: int | None = None, *,
+             generator: torch.Generator | None = None, batch_size: int | None = None,
+             stop_strings=(), tokenizer=None) -> list[Completion]:
+    """Generate a continuation of every prompt; returns one Completion per prompt, in order.
+
+    temperature 0 is greedy (argmax); otherwise sample from softmax(logits / temperature), keeping
+    the top_k most likely tokens (0: all) and the smallest set whose probability reaches top_p.
+    stop_ids: a row stops at the first of these it samples; None means the config's eos_token_id.
+    seed makes sampling reproducible and independent of torch's global RNG (or pass a generator).
+    batch_size splits a long prompt list into batches of similar lengths (longest first).
+    stop_strings (with tokenizer) also stop a row once its decoded text contains one of them; the
+    token that completes the string is kept, so the text may run past it: cut it with `cut_at`.
+    """
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (a BOS token will do)")
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need the tokenizer to decode the generated tokens")
+    if stop_ids is None:
+        eos = model.config.eos_token_id
+        stop_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    stop_ids = [int(i) for i in stop_ids]
+    device = model.lm_head.weight.device
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths together: less padding
+    batch_size = batch_size or len(prompts) or 1
+    out: list[Completion | None] = [None] * len(prompts)
+    was_training = model.training
+    model.eval()  # adapter dropout and the like must be off while generating
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            done = _complete_batch(model, [prompts[i] for i in rows], max_new_tokens, temperature, top_k, top_p,
+                                   stop_ids, generator, stop_strings, tokenizer)
+            for i, c in zip(rows, done):
+                out[i] = c
+    finally:
+        model.train(was_training)
+    return out
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits (B, V) -> next token ids (B,)."""
+    if temperature == 0.0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(-1)
+        # drop a token when the tokens before it already reach top_p; the most likely one always stays
+        drop = probs.cumsum(-1) - probs >= top_p
+        logits = logits.scatter(-1, idx, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts -> ids (B, T) padded on the left, attention mask (B, T) with 1 on the real tokens."""
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), T, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p):] = torch.tensor(p)
+        mask[i, T - len(p):] = 1
+    return ids, mask
+
+
+def cut_at(text: str, stop_strings) -> str:
+    """Text up to (not including) the first stop string it contains."""
+    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
+    return text[:cut]
+
+
+@torch.inference_mode()
+def _complete_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_ids, generator,
+                    stop_strings, tokenizer) -> list[Completion]:
+    """One batch; prompts sorted longest first."""
+    B, device = len(prompts), model.lm_head.weight.device
+    if max_new_tokens <= 0:
+        return [Completion([], "length") for _ in range(B)]
+    # The last sampled token is never fed back, so T + max_new_tokens - 1 slots always suffice.
+    cache = model.new_cache(B, len(prompts[0]) + max_new_tokens - 1)
+    logits = _prefill(model, prompts, cache)  # (B, V)
+    stops, stops_set = torch.tensor(stop_ids, dtype=torch.long, device=device), set(stop_ids)
+    tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)  # (B, N); junk after a row's stop
+    live = torch.arange(B, device=device)  # (b,) which prompt each cache row belongs to
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # (b,) the row has stopped
+    string_end: dict[int, int] = {}  # prompt -> tokens kept, for rows stopped by a stop string
+    check_every = 1 if device.type == "cpu" else 8  # "all done?" waits for the device: not every step on GPUs
+    for t in range(max_new_tokens):
+        nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (b,)
+        tokens[live, t] = nxt
+        done |= torch.isin(nxt, stops)
+        if stop_strings:
+            done |= _stop_string_hits(tokens, live, done, t, tokenizer, stop_strings, string_end)
+        if t == max_new_tokens - 1:
+            break
+        if stop_strings or (t + 1) % check_every == 0:
+            n_done = int(done.sum())
+            if n_done == len(live):
+                break
+            if 2 * n_done >= len(live):  # drop finished rows: later steps cost only what is still running
+                keep = ~done
+                _keep_rows(cache, keep)
+                live, done, nxt = live[keep], done[keep], nxt[keep]
+        logits = model(nxt[:, None], cache=cache, last_only=True)[:, -1]  # (b, V)
+
+    out = []
+    for i, row in enumerate(tokens[:, :t + 1].tolist()):
+        end = string_end.get(i, next((j for j, tok in enumerate(row) if tok in stops_set), None))
+        out.append(Completion(row, "length") if end is None else Completion(row[:end], "stop"))
+    return out
+
+
+def _prefill(model, prompts, cache: KVCache) -> torch.Tensor:
+    """Run the prompts (longest first) into the cache, right-aligned; returns last-token logits (B, V).
+
+    Rows of similar length are prefilled together, each group padded only to its own longest
+    prompt: a batch with prompts of 60 and 200 tokens computes 260 positions, not 400. A group
+    writes straight into its rows of the shared cache (a contiguous slice is a view), at the slots
+    that end where the longest prompt ends, so decoding then proceeds for all rows at once.
+    """
+    T, device = len(prompts[0]), cache.k.device
+    logits = []
+    for a, b in _similar_length_runs([len(p) for p in prompts]):
+        ids, mask = left_pad(prompts[a:b])  # (b - a, Tg); the padding id is never attended to
+        Tg = ids.shape[1]
+        rows = copy.copy(cache)  # the same buffers, seen through rows a:b (KVCache is a plain record)
+        rows.k, rows.v = cache.k[:, a:b], cache.v[:, a:b]
+        rows.valid, rows.next_pos = cache.valid[a:b], cache.next_pos[a:b]
+        rows.length = T - Tg
+        logits.append(model(ids.to(device), attention_mask=mask.to(device), cache=rows, last_only=True)[:, -1])
+    cache.length = T
+    return torch.cat(logits)
+
+
+def _similar_length_runs(lengths: list[int], slack: int = 32) -> list[tuple[int, int]]:
+    """Split lengths (sorted longest first) into runs [a, b) that pad at most max(slack, 1/8) per row.
+
+    Each run costs one more pass over the weights, which a few dozen padding positions outweigh.
+    """
+    runs, a = [], 0
+    for i, n in enumerate(lengths):
+        if lengths[a] - n > max(slack, lengths[a] // 8):
+            runs.append((a, i))
+            a = i
+    runs.append((a, len(lengths)))
+    return runs
+
+
+def _keep_rows(cache: KVCache, keep: torch.Tensor) -> None:
+    """Shrink the cache to the rows where keep (b,) is True; every row's slots stay where they were."""
+    cache.k, cache.v = cache.k[:, keep], cache.v[:, keep]
+    cache.valid, cache.next_pos = cache.valid[keep], cache.next_pos[keep]
+
+
+def _stop_string_hits(tokens, live, done, t, tokenizer, stop_strings, string_end) -> torch.Tensor:
+    """(b,) bool: rows whose text has just completed a stop string; records where each one ends."""
+    window = max(len(s) for s in stop_strings) + 8  # tokens; a token decodes to at least one character
+    hits = torch.zeros_like(done)
+    recent = tokens[live, max(0, t + 1 - window):t + 1].tolist()
+    for b, (row, finished) in enumerate(zip(recent, done.tolist())):
+        if not finished and any(s in tokenizer.decode(row) for s in stop_strings):
+            hits[b] = True
+            string_end[int(live[b])] = t + 1
+    return hits
