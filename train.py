@@ -44,7 +44,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--method", choices=METHODS, default="sft", help="how the training targets are built")
-    p.add_argument("--data", help="JSONL of chat records ({'messages': [...]} or {'prompt', 'response'}) or a task file")
+    p.add_argument("--data", help="JSONL of chat records ({'messages': [...]} or {'prompt', 'response'}), "
+                                  "or a task file")
     p.add_argument("--model", default=ssr.DEFAULT_MODEL, help="HF checkpoint folder, or the built-in default")
     p.add_argument("--out", help="run folder (adapter, checkpoints, metrics)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,7 +18,8 @@ from ssr.trainer import TrainConfig, lr_at, train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
           "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
-RECORDS = [{"prompt": f"what is {a} plus {b}", "response": f"{a} plus {b} is {a + b}"} for a in range(3) for b in range(3)]
+RECORDS = [{"prompt": f"what is {a} plus {b}", "response": f"{a} plus {b} is {a + b}"}
+           for a in range(3) for b in range(3)]
 RECORDS += [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "say hi"},
                           {"role": "assistant", "content": "hi"}, {"role": "user", "content": "again"},
                           {"role": "assistant", "content": "hi hi"}]}] * 3
@@ -91,7 +93,8 @@ def test_memorises_eight_examples(tiny, tmp_path):
     assert history[-1]["loss"] < 0.05, [round(h["loss"], 3) for h in history[::10]]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 40 and {"step", "loss", "lr", "tokens", "tokens_per_s", "grad_norm"} <= set(json.loads(lines[0]))
+    assert len(lines) == 40
+    assert {"step", "loss", "lr", "tokens", "tokens_per_s", "grad_norm"} <= set(json.loads(lines[0]))
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny, tmp_path, monkeypatch):
@@ -112,6 +115,17 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny, tmp_path, monkeypatc
     assert not (tmp_path / "adapter").exists()
 
 
+def test_resume_refuses_other_settings_or_data(tiny, tmp_path):
+    cfg = TrainConfig(epochs=1, micro_batch=4, grad_accum=1, save_every=1)
+    train(lora.apply_lora(ssr.load_model(tiny), r=4), memorise_samples(), cfg, tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.0001 -> 0.001\)"):
+        train(lora.apply_lora(ssr.load_model(tiny), r=4), memorise_samples(), replace(cfg, lr=1e-3), tmp_path,
+              resume=True, progress=False)
+    with pytest.raises(ValueError, match="training data differ"):
+        train(lora.apply_lora(ssr.load_model(tiny), r=4), memorise_samples()[:7], cfg, tmp_path, resume=True,
+              progress=False)
+
+
 def train_args(folder, data, out, *extra):
     return ["--method", "sft", "--data", str(data), "--model", str(folder), "--out", str(out), "--epochs", "3",
             "--micro-batch", "2", "--grad-accum", "2", "--save-every", "2", "--lora-dropout", "0.1",
@@ -126,7 +140,8 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path, capsys):
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
 
-    assert train_py.main(train_args(folder, data, tmp_path / "straight")) == 0
+    assert train_py.main(train_args(folder, data, tmp_path / "straight", "--save-merged")) == 0
+    assert (tmp_path / "straight" / "merged" / "model.safetensors").is_file()
     env = dict(os.environ, SSR_TEST_KILL_AFTER_STEP="5", PYTHONPATH=ROOT)
     killed = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"),
                              *train_args(folder, data, tmp_path / "resumed")],
