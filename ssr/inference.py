@@ -33,7 +33,7 @@ def generate_records(model, tok, examples: list[Example], mode: str, out_path, *
     """
     if mode not in P.MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(P.MODES)}")
-    done = {(r["id"], r["mode"]) for r in read_records(out_path)}
+    done = {(r["id"], r.get("mode")) for r in read_records(out_path)}
     todo = []  # (prompt ids, example, prompt)
     for ex in examples:
         if (ex.id, mode) not in done:
@@ -56,7 +56,7 @@ def generate_records(model, tok, examples: list[Example], mode: str, out_path, *
             bar.set_postfix_str(f"{new_tokens / (time.perf_counter() - start):.1f} tok/s")
 
     wanted = {ex.id for ex in examples}
-    by_id = {r["id"]: r for r in read_records(out_path) if r["mode"] == mode and r["id"] in wanted}
+    by_id = {r["id"]: r for r in read_records(out_path) if r.get("mode") == mode and r["id"] in wanted}
     return [by_id[ex.id] for ex in examples]
 
 
