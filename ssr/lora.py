@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ssr.model import Linear, linear
+
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PEFT_PREFIX = "base_model.model."  # PEFT saves keys as base_model.model.<module path>.lora_A.weight
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
@@ -48,7 +50,7 @@ class LoRALinear(nn.Module):
         self.disabled = False
 
     def forward(self, x):
-        y = F.linear(x, self.weight, self.bias)
+        y = linear(x, self.weight, self.bias)  # exactly what the plain layer computes
         if self.disabled:
             return y
         h = self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype)))  # (..., r)
@@ -119,7 +121,7 @@ def merge_lora(model: nn.Module) -> nn.Module:
     for name, m in lora_modules(model).items():
         delta = (m.lora_B.weight.float() @ m.lora_A.weight.float()) * m.scale  # (out, in)
         m.weight.copy_((m.weight.float() + delta).to(m.weight.dtype))
-        plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        plain = Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
         plain.weight, plain.bias = m.weight, m.bias
         _replace(model, name, plain)
     return model
