@@ -117,8 +117,9 @@ def detect(jinja: str | None) -> tuple[str | None, str | None]:
     if not jinja:
         return None, None
     if "<|im_start|>" in jinja:
-        # The default system prompt is the literal between "<|im_start|>system\n" and "<|im_end|>".
-        m = re.search(r"<\|im_start\|>system\\n([^'\"{}<]+?)<\|im_end\|>", jinja)
+        # The default system prompt is the literal between "<|im_start|>system\n" and "<|im_end|>"; the
+        # newline is a "\n" escape in some templates' string literals (Qwen2.5), a real one in others (SmolLM2).
+        m = re.search(r"<\|im_start\|>system(?:\\n|\n)([^'\"{}<]+?)<\|im_end\|>", jinja)
         default = m.group(1).replace("\\n", "\n").replace("\\'", "'") if m else None
         return "chatml", default
     if "<<SYS>>" in jinja:

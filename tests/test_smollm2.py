@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+import ssr
+
 from ssr import smollm2
 
 PROMPTS = [
@@ -134,10 +136,7 @@ def test_logits_match_transformers_gguf_loading(model_dir, gguf_path, gguf_token
     assert mask.sum() > 60
     torch.testing.assert_close(got[mask], want[mask], atol=1e-3, rtol=0)
 
-    import ssr
-    if not hasattr(ssr, "load_model"):
-        return  # the hand-written model joins this comparison once ssr.load_model exists
-    ours = ssr.load_model(smollm2.DEFAULT_MODEL)
+    ours = ssr.load_model(model_dir)  # the hand-written model on the converted folder
     for row, ids in enumerate(batch["input_ids"]):
         with torch.no_grad():
             logits = ours(ids[mask[row]][None])[0]
@@ -150,6 +149,7 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(model_dir, gguf_tokenizer
 
     raw = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     auto = AutoTokenizer.from_pretrained(model_dir)
+    ours = ssr.load_tokenizer(model_dir)
     assert len(raw.get_vocab()) == 49152 and auto.add_bos_token is False
     for text in TEXTS + DIGIT_EDGES:
         ids = raw.encode(text, add_special_tokens=False).ids
@@ -158,6 +158,7 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(model_dir, gguf_tokenizer
         if text not in DIGIT_EDGES:
             assert ids == gguf_tokenizer.encode(text, add_special_tokens=False), text
         assert auto.encode(text, add_special_tokens=False) == ids, text
+        assert ours.encode(text) == ids and ours.decode(ids, skip_special_tokens=False) == text, text
         assert auto(text)["input_ids"] == ids, text  # no BOS added by default, like the GGUF says
         assert raw.decode(ids, skip_special_tokens=False) == text, text
         assert auto.decode(ids) == text, text
@@ -175,18 +176,17 @@ def test_chat_template_matches(model_dir, gguf_tokenizer):
                       {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}]):
         want = gguf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert auto.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == want
+        ids = gguf_tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        assert ssr.load_tokenizer(model_dir).apply_chat_template(messages, add_generation_prompt=True) == ids
     assert want.startswith("<|im_start|>system\nBe brief.<|im_end|>\n") and want.endswith("<|im_start|>assistant\n")
     assert "named SmolLM" in auto.apply_chat_template([{"role": "user", "content": "Hi!"}], tokenize=False)
 
 
-def test_greedy_answer_names_paris(model_dir, hf_model):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
+def test_greedy_answer_names_paris(model_dir):
+    """Our loader, tokenizer, chat template and sampler on the real model, end to end."""
+    model, tok = ssr.load_model(model_dir), ssr.load_tokenizer(model_dir)
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                     tokenize=False, add_generation_prompt=True)
-    ids = tok(prompt, return_tensors="pt")
-    with torch.no_grad():
-        out = hf_model.generate(**ids, max_new_tokens=20, do_sample=False)
-    reply = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-    assert "Paris" in reply, reply
+                                     add_generation_prompt=True)
+    (reply,) = ssr.generate(model, [prompt], max_new_tokens=20, stop_ids=tok.stop_ids)
+    assert "Paris" in tok.decode(reply), tok.decode(reply)
