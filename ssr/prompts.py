@@ -108,10 +108,21 @@ def predict_messages(example: Example) -> list[dict]:
 
 
 def clean_gold(example: Example) -> str:
-    """The gold answer as shown to the model: GSM8K's <<48/2=24>> calculator notes removed."""
+    """The gold answer as shown to the model: GSM8K's <<48/2=24>> calculator notes removed, MBPP's CRLFs undone."""
     if example.task == "gsm8k":
         return re.sub(r"<<[^<>]*>>", "", example.gold).strip()
-    return example.gold.strip()
+    return example.gold.replace("\r\n", "\n").strip()
+
+
+def gold_response(example: Example) -> str:
+    """The gold answer as a training target (SFT, and every method's fallback), in the predict prompt's form.
+
+    GSM8K keeps the dataset's worked solution ending in "#### N"; MBPP's code goes in the ```python
+    block the prompt asks for; NQ answers with its first alias.
+    """
+    if example.task == "mbpp":
+        return f"```python\n{clean_gold(example)}\n```"
+    return clean_gold(example)
 
 
 def prompt_ids(tok, prompt: Prompt) -> list[int]:
