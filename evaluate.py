@@ -26,12 +26,7 @@ import torch
 
 import ssr
 from ssr import benchmarks, lora
-from ssr.evaluation import TARGET_FILES, score_generations, score_questions, target_examples
-
-# the score each benchmark is reported by (lm-evaluation-harness conventions)
-PRIMARY = {"mmlu": "acc", "arc_easy": "acc_norm", "arc_challenge": "acc_norm", "truthfulqa_mc1": "acc",
-           "truthfulqa_mc2": "mc2", "hellaswag": "acc_norm"}  # target tasks: "acc"
-
+from ssr.evaluation import PRIMARY, TARGET_FILES, primary_score, run_benchmarks, target_examples
 
 def parse_tasks(spec: str, data_dir: Path | None) -> dict[str, tuple[str, Path | None]]:
     """{name: (kind, file)}: kind is "target" or "mc"; NAME=FILE names a task file directly."""
@@ -51,10 +46,6 @@ def parse_tasks(spec: str, data_dir: Path | None) -> dict[str, tuple[str, Path |
     return tasks
 
 
-def score(result: dict, name: str) -> float:
-    return result[PRIMARY.get(name, "acc")]
-
-
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
@@ -65,7 +56,7 @@ def table(rows: list[list[str]]) -> str:
 def results_table(results: dict) -> str:
     rows = [["benchmark", "metric", "score", "n"]]
     for name, r in results.items():
-        rows.append([name, PRIMARY.get(name, "acc"), f"{100 * score(r, name):.1f}", str(r["n"])])
+        rows.append([name, PRIMARY.get(name, "acc"), f"{100 * primary_score(name, r):.1f}", str(r["n"])])
     return table(rows)
 
 
@@ -79,10 +70,10 @@ def compare(files: list[str], exclude: set[str]) -> str:
     rows = [["benchmark", labels[0]] + [f"{label} (drop)" for label in labels[1:]]]
     drops = {label: [] for label in labels[1:]}
     for name in names:
-        base = 100 * score(runs[0]["results"][name], name)
+        base = 100 * primary_score(name, runs[0]["results"][name])
         row = [name, f"{base:.1f}"]
         for label, run in zip(labels[1:], runs[1:]):
-            value = 100 * score(run["results"][name], name)
+            value = 100 * primary_score(name, run["results"][name])
             row.append(f"{value:.1f} ({base - value:+.1f})")
             if name not in exclude:
                 drops[label].append(base - value)
@@ -127,34 +118,21 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     settings = {"model": str(args.model), "adapter": args.adapter, "limit": args.limit, "dtype": str(dtype),
                 "max_new_tokens": args.max_new_tokens, "nq_mode": args.nq_mode}
-    saved = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    if saved and saved.get("settings") != settings:
-        p.error(f"{args.out} holds results made with other settings ({saved.get('settings')}); "
-                "choose another --out")
-    results = saved.get("results", {})
-
+    items = {}
+    for name, (kind, file) in tasks.items():
+        items[name] = target_examples(name, file, args.limit) if kind == "target" \
+            else benchmarks.LOADERS[name](args.data_dir, args.limit)
     model = ssr.load_model(args.model, dtype=dtype, device=args.device)
     if args.adapter:
         lora.load_adapter(model, args.adapter)
     tok = ssr.load_tokenizer(args.model)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    for name, (kind, file) in tasks.items():
-        if name in results:
-            continue
-        print(f"== {name}", file=sys.stderr)
-        if kind == "target":
-            examples = target_examples(name, file, args.limit)
-            stem = args.out.with_suffix("")
-            results[name] = score_generations(model, tok, examples, f"{stem}.{name}.predictions.jsonl",
-                                              f"{stem}.{name}.verdicts.jsonl", batch_size=args.batch_size,
-                                              max_new_tokens=args.max_new_tokens, nq_mode=args.nq_mode)
-        else:
-            questions = benchmarks.LOADERS[name](args.data_dir, args.limit)
-            results[name] = score_questions(model, tok, questions, batch_tokens=args.batch_tokens, desc=name)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": settings, "results": results}, indent=2))
-        tmp.replace(args.out)
-    print(results_table({n: results[n] for n in tasks}))
+    try:
+        results = run_benchmarks(model, tok, items, args.out, settings, batch_size=args.batch_size,
+                                 max_new_tokens=args.max_new_tokens, batch_tokens=args.batch_tokens,
+                                 nq_mode=args.nq_mode)
+    except ValueError as e:
+        p.error(str(e))
+    print(results_table(results))
     return 0
 
 

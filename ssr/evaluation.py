@@ -8,7 +8,9 @@ choice appended, as that harness does too.
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +88,15 @@ def score_questions(model, tok, questions: list[MCQuestion], **kwargs) -> dict:
     return {"acc": acc / n, "acc_norm": acc_norm / n, "mc2": mc2 / n, "n": len(questions)}
 
 
+# the score each benchmark is reported by (lm-evaluation-harness conventions); target tasks: "acc"
+PRIMARY = {"mmlu": "acc", "arc_easy": "acc_norm", "arc_challenge": "acc_norm", "truthfulqa_mc1": "acc",
+           "truthfulqa_mc2": "mc2", "hellaswag": "acc_norm"}
+
+
+def primary_score(name: str, result: dict) -> float:
+    return result[PRIMARY.get(name, "acc")]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # target tasks: generate an answer, judge it
 
@@ -117,3 +128,37 @@ def score_generations(model, tok, examples, predictions_path, verdicts_path, *, 
         result[other] = sum(judges.nq(r["output"], e.answers, other).correct for r, e in zip(records, examples)) / n
         result[nq_mode] = result["acc"]
     return result
+
+
+def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, batch_size: int = 16,
+                   max_new_tokens: int = 512, batch_tokens: int = 8192, nq_mode: str = "contains",
+                   progress: bool = True) -> dict:
+    """Score every benchmark, writing out_path (JSON) after each; those already in it are kept, not rerun.
+
+    benchmarks: {name: list of Examples (target task, by generation) or of MCQuestions (log-likelihood)}.
+    Generations and verdicts are kept beside out_path ({stem}.{name}.predictions.jsonl, ...), so an
+    interrupted target task resumes too. A file written with other settings is refused.
+    """
+    out_path = Path(out_path)
+    settings = json.loads(json.dumps(settings))  # as it reads back: tuples become lists
+    saved = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    if saved and saved.get("settings") != settings:
+        raise ValueError(f"{out_path} holds results made with other settings ({saved.get('settings')}); "
+                         "use another output file")
+    results = saved.get("results", {})
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    stem = out_path.with_suffix("")
+    for name, items in benchmarks.items():
+        if name in results:
+            continue
+        if items and isinstance(items[0], MCQuestion):
+            results[name] = score_questions(model, tok, items, batch_tokens=batch_tokens, progress=progress,
+                                            desc=name)
+        else:
+            results[name] = score_generations(model, tok, items, f"{stem}.{name}.predictions.jsonl",
+                                              f"{stem}.{name}.verdicts.jsonl", batch_size=batch_size,
+                                              max_new_tokens=max_new_tokens, nq_mode=nq_mode, progress=progress)
+        tmp = out_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"settings": settings, "results": results}, indent=2))
+        tmp.replace(out_path)
+    return {name: results[name] for name in benchmarks}
