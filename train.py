@@ -1,17 +1,20 @@
-"""Fine-tune a model with LoRA on (prompt, target) conversations.
+"""Fine-tune with LoRA on targets chosen by one of four methods: sft, ssr, s3ft, sdft.
 
-    python train.py --method sft --data train.jsonl --model DIR --out runs/sft
+    python train.py                     # the CPU demo: SFT vs SSR on SmolLM2-135M-Instruct (ssr/demo.py)
+    python train.py --method ssr --task gsm8k --data ../shared/data/gsm8k/train.jsonl \\
+        --model smollm2-135m-instruct --out runs/gsm8k-ssr --limit 200
 
-A method only decides the training targets: `build_conversations` turns task examples into chat
-conversations that end with the target answer, then one loop (ssr/trainer.py) trains on them with
-the loss on the assistant turns only. sft uses the reference answers as targets.
-Writes under --out: adapter/ (PEFT format), metrics.jsonl, checkpoint/, run.json (how the adapter
-was made), and with --save-merged a merged HF checkpoint in merged/.
+A method only decides each example's target (ssr/methods.py): sft the gold answer; ssr the base
+model's own answer where the judge accepts it; s3ft that, else the model's paraphrase of gold; sdft
+the model's rewrite of gold. Targets come from the base model, greedy, before any training. Then
+one LoRA loop (ssr/trainer.py) trains on (task prompt, target) with the loss on the target only.
+
+The run folder keeps every step (predictions, verdicts, targets.jsonl, checkpoints, adapter/), so
+running the same command again continues an interrupted run, or does nothing if it finished.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -19,41 +22,35 @@ from pathlib import Path
 import torch
 
 import ssr
-from ssr import lora
-from ssr.data import encode
-from ssr.tasks import Example, load_task
-from ssr.trainer import TrainConfig, seed_everything, train
-
-METHODS = ("sft",)
-
-
-def prompt_messages(ex: Example) -> list[dict]:
-    """The conversation up to the target: a chat record's own turns, else the task question as one user turn."""
-    return list(ex.messages) if ex.messages else [{"role": "user", "content": ex.question}]
-
-
-def build_conversations(method: str, examples: list[Example]) -> list[list[dict]]:
-    """Training conversations, each ending with the assistant turn to learn."""
-    if method == "sft":
-        return [prompt_messages(ex) + [{"role": "assistant", "content": ex.gold}] for ex in examples]
-    raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+from ssr import demo, lora, methods
+from ssr.pipeline import LoraSettings, check_settings, run_method
+from ssr.tasks import TASKS, load_task
+from ssr.trainer import TrainConfig
 
 
 def parse_args(argv):
-    d = TrainConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--method", choices=METHODS, default="sft", help="how the training targets are built")
-    p.add_argument("--data", help="JSONL of chat records ({'messages': [...]} or {'prompt', 'response'}), "
-                                  "or a task file")
+    d, ld = TrainConfig(), LoraSettings()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--demo", action="store_true", help="run the CPU demo (the default with no arguments); "
+                                                       "see python -m ssr.demo -h for its options")
+    p.add_argument("--method", choices=methods.METHODS, default="sft", help="how the targets are chosen")
+    p.add_argument("--task", choices=(*TASKS, "chat"), help="the data's format (default: detected)")
+    p.add_argument("--data", help="a GSM8K, MBPP or NQ-open JSONL file, or chat records (sft only)")
+    p.add_argument("--limit", type=int, help="train on the first N examples")
     p.add_argument("--model", default=ssr.DEFAULT_MODEL, help="HF checkpoint folder, or the built-in default")
-    p.add_argument("--out", help="run folder (adapter, checkpoints, metrics)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--out", help="run folder: generations, verdicts, targets, checkpoints, adapter")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (what rerunning the same "
+                                                         "command does anyway: every step resumes)")
+    g = p.add_argument_group("target generation (ssr, s3ft, sdft)")
+    g.add_argument("--max-new-tokens", type=int, default=512, help="longer generations are never targets")
+    g.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
+    g.add_argument("--workers", type=int, help="MBPP programs judged in parallel (default: twice the cores)")
     g = p.add_argument_group("LoRA")
-    g.add_argument("--lora-r", type=int, default=8)
-    g.add_argument("--lora-alpha", type=float, default=16)
-    g.add_argument("--lora-dropout", type=float, default=0.05)
-    g.add_argument("--targets", default="q_proj,v_proj", help=f"comma-separated, from {','.join(lora.TARGETS)}")
+    g.add_argument("--lora-r", type=int, default=ld.r)
+    g.add_argument("--lora-alpha", type=float, default=ld.alpha)
+    g.add_argument("--lora-dropout", type=float, default=ld.dropout)
+    g.add_argument("--targets", default=",".join(ld.targets), help=f"comma-separated, from {','.join(lora.TARGETS)}")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--lr", type=float, default=d.lr)
@@ -80,49 +77,44 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] == "--demo":
+        return demo.main(argv[1:])
     parser, args = parse_args(argv)
-    if not argv:
-        parser.print_help()
-        return 0
     if not args.data or not args.out:
-        parser.error("--data and --out are required to train")
+        parser.error("--data and --out are required to train (or no arguments at all, for the demo)")
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                          if f.name not in ("checkpointing", "bf16")},
                       checkpointing=args.gradient_checkpointing, bf16=not args.no_bf16_autocast)
+    lora_settings = LoraSettings(args.lora_r, args.lora_alpha, args.lora_dropout,
+                                 tuple(t.strip() for t in args.targets.split(",") if t.strip()))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else torch.device(args.device)
     dtype = getattr(torch, args.dtype) if args.dtype != "auto" else \
         (torch.bfloat16 if device.type == "cuda" else torch.float32)
 
-    tok = ssr.load_tokenizer(args.model)
-    conversations = build_conversations(args.method, load_task(args.data))
-    samples, cut = encode(tok, conversations, args.max_len)
-    if cut["truncated"] or cut["dropped"]:
-        print(f"{cut['truncated']} conversation(s) longer than --max-len {args.max_len} were truncated; "
-              f"{cut['dropped']} left without any target token were dropped", file=sys.stderr)
-    if not samples:
-        parser.error(f"no training conversation left in {args.data}")
-
-    seed_everything(args.seed)  # LoRA's A matrices are drawn from it
-    model = ssr.load_model(args.model, dtype=dtype, device=device)
-    lora.apply_lora(model, r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout,
-                    targets=[t.strip() for t in args.targets.split(",") if t.strip()])
-    out = Path(args.out)
     try:
-        train(model, samples, cfg, out, resume=args.resume)
-    except (FloatingPointError, FileExistsError) as e:
+        examples = load_task(args.data, args.task, args.limit)
+        out = Path(args.out)
+        # What decides the targets must not change within a run folder (the trainer checks its own settings).
+        check_settings(out, {"method": args.method, "model": str(args.model), "data": str(Path(args.data).resolve()),
+                             "limit": args.limit, "max_new_tokens": args.max_new_tokens,
+                             "lora": asdict(lora_settings)})
+        tok = ssr.load_tokenizer(args.model)
+        model = ssr.load_model(args.model, dtype=dtype, device=device)
+        adapter = run_method(args.method, model, tok, examples, out, lora_settings=lora_settings, train_config=cfg,
+                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_len=args.max_len,
+                             workers=args.workers)
+    except (FloatingPointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    (out / "run.json").write_text(json.dumps({"argv": argv, "method": args.method, "model": str(args.model),
-                                              "data": args.data, "samples": len(samples), "config": asdict(cfg)},
-                                             indent=2))
-    print(f"adapter written to {out / 'adapter'}")
+    print(f"adapter: {adapter}")
     if args.save_merged:
+        if not lora.lora_modules(model):  # the run had finished before: put its adapter on the fresh model
+            lora.load_adapter(model, adapter)
         hf = model.config.hf
-        source_dtype = getattr(torch, hf.get("torch_dtype") or hf.get("dtype") or "float32")
         lora.merge_lora(model)
-        ssr.save_model(model, out / "merged", dtype=source_dtype)
-        print(f"merged checkpoint written to {out / 'merged'}")
+        ssr.save_model(model, out / "merged", dtype=getattr(torch, hf.get("torch_dtype") or hf.get("dtype") or "float32"))
+        print(f"merged checkpoint: {out / 'merged'}")
     return 0
 
 

@@ -148,9 +148,10 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path, capsys):
                             env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr
     assert json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())["step"] == 4
-    assert train_py.main(train_args(folder, data, tmp_path / "resumed")) == 1  # an existing run needs --resume
-    assert "--resume" in capsys.readouterr().err
-    assert train_py.main(train_args(folder, data, tmp_path / "resumed", "--resume")) == 0
+    assert train_py.main(train_args(folder, data, tmp_path / "resumed")) == 0  # the same command continues
+    assert "resuming" in capsys.readouterr().out
+    assert train_py.main(train_args(folder, data, tmp_path / "resumed", "--limit", "3")) == 1  # not another run
+    assert "other settings (limit: None then, 3 now)" in capsys.readouterr().err
 
     a = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")

@@ -1,0 +1,71 @@
+"""The four methods end to end through train.py, on a tiny random Qwen2 with the real Qwen2.5 tokenizer."""
+import json
+import shutil
+
+import pytest
+from safetensors import safe_open
+
+import ssr.inference
+import ssr.pipeline
+import train
+from hf_oracle import make_checkpoint
+from ssr.methods import METHODS, SOURCES
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(shared, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    make_checkpoint(folder, "qwen2", vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(shared / "tokenizers" / "Qwen2.5-Instruct" / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gsm8k_file(shared, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    lines = (shared / "data" / "gsm8k" / "train.jsonl").read_text().splitlines()[:6]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def argv(method, model, data, out):
+    return ["--method", method, "--task", "gsm8k", "--data", str(data), "--model", str(model), "--out", str(out),
+            "--max-new-tokens", "8", "--epochs", "1", "--micro-batch", "2", "--grad-accum", "1", "--lora-r", "4"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_method_end_to_end_and_rerun_reuses_every_step(method, qwen_dir, gsm8k_file, tmp_path, monkeypatch, capsys):
+    out = tmp_path / method
+    assert train.main(argv(method, qwen_dir, gsm8k_file, out)) == 0
+    targets = [json.loads(line) for line in (out / "targets.jsonl").read_text().splitlines()]
+    assert [t["id"] for t in targets] == [str(i) for i in range(6)]
+    assert all(t["source"] in SOURCES and t["response"] and t["messages"][-1]["role"] == "user" for t in targets)
+    if method == "sft":
+        assert {t["source"] for t in targets} == {"gold"} and "#### 72" in targets[0]["response"]
+    generated = {"sft": [], "ssr": ["predict"], "s3ft": ["predict", "paraphrase"], "sdft": ["rewrite"]}[method]
+    for mode in generated:  # the base model's generations and their verdicts, kept in the run folder
+        assert len((out / f"{mode}.jsonl").read_text().splitlines()) == 6
+        assert len((out / f"{mode}.verdicts.jsonl").read_text().splitlines()) == 6
+    config = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4
+    with safe_open(out / "adapter" / "adapter_model.safetensors", framework="pt") as f:
+        assert all(k.startswith("base_model.model.model.layers.") for k in f.keys())
+
+    # The same command again: nothing is generated, judged or trained a second time.
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    monkeypatch.setattr(ssr.inference, "complete", lambda *a, **k: pytest.fail("generated again"))
+    monkeypatch.setattr(ssr.pipeline, "train", lambda *a, **k: pytest.fail("trained again"))
+    capsys.readouterr()
+    assert train.main(argv(method, qwen_dir, gsm8k_file, out)) == 0
+    assert "already trained" in capsys.readouterr().out
+    assert before == {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+
+def test_judge_free_data_is_refused_for_self_generating_methods(qwen_dir, tmp_path, capsys):
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"prompt": "Hi", "response": "Hello"}) + "\n")
+    assert train.main(argv("ssr", qwen_dir, data, tmp_path / "run")[:2] + ["--data", str(data), "--model", str(qwen_dir),
+                                                                        "--out", str(tmp_path / "run")]) == 1
+    assert "needs a judge" in capsys.readouterr().err
