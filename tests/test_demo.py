@@ -1,4 +1,6 @@
 """The demo's generated task and its judge, and a quick run of the whole demo on the real default model."""
+import re
+
 import pytest
 
 import ssr.inference
@@ -19,7 +21,7 @@ def test_gold_answers_are_judged_correct_and_a_changed_answer_wrong():
     rows = demo_data.word_problems(demo_data.one_step, 200, seed=3)
     for row in rows:
         example = to_example(row, 0, "gsm8k")
-        a, b = (int(w) for w in row["question"].split() if w.isdigit())
+        a, b = map(int, re.findall(r"\d+", row["question"]))
         want = a + b if "gets" in row["question"] else a - b
         assert want > 0 and row["answer"].endswith(f"#### {want}")
         assert judges.judge(example, row["answer"]).correct
