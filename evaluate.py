@@ -26,7 +26,8 @@ import torch
 
 import ssr
 from ssr import benchmarks, lora
-from ssr.evaluation import PRIMARY, TARGET_FILES, primary_score, run_benchmarks, target_examples
+from ssr.evaluation import PRIMARY, TARGET_FILES, markdown_table, primary_score, run_benchmarks, target_examples
+
 
 def parse_tasks(spec: str, data_dir: Path | None) -> dict[str, tuple[str, Path | None]]:
     """{name: (kind, file)}: kind is "target" or "mc"; NAME=FILE names a task file directly."""
@@ -46,18 +47,11 @@ def parse_tasks(spec: str, data_dir: Path | None) -> dict[str, tuple[str, Path |
     return tasks
 
 
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
 def results_table(results: dict) -> str:
     rows = [["benchmark", "metric", "score", "n"]]
     for name, r in results.items():
         rows.append([name, PRIMARY.get(name, "acc"), f"{100 * primary_score(name, r):.1f}", str(r["n"])])
-    return table(rows)
+    return markdown_table(rows)
 
 
 def compare(files: list[str], exclude: set[str]) -> str:
@@ -83,7 +77,7 @@ def compare(files: list[str], exclude: set[str]) -> str:
                 [f"{sum(d) / len(d):+.1f}" if d else "-" for d in drops.values()])
     note = f"\n(drop = first file minus run, in points; average over all but {', '.join(sorted(exclude))})" \
         if exclude else "\n(drop = first file minus run, in points)"
-    return table(rows) + note
+    return markdown_table(rows) + note
 
 
 def main(argv=None) -> int:

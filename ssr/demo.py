@@ -18,14 +18,14 @@ training and evaluation. An interrupted demo continues; a finished one prints it
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import ssr
 from ssr import benchmarks, demo_data, lora
-from ssr.evaluation import primary_score, run_benchmarks
+from ssr.evaluation import markdown_table, primary_score, run_benchmarks
+from ssr.jsonl import read_records, write_records
 from ssr.pipeline import LoraSettings, check_settings, run_method
 from ssr.tasks import load_task
 from ssr.trainer import TrainConfig
@@ -50,10 +50,7 @@ LR = 5e-4  # higher than the papers' 1e-4: a 135M model and a few dozen steps
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     if not path.is_file():  # the data are a pure function of the seeds: written once, never changed
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(path)
+        write_records(path, rows)
     return path
 
 
@@ -91,10 +88,7 @@ def table(results: dict[str, dict], self_share: dict[str, float]) -> str:
                 drops[label].append(scores[0] - s)
     rows.append(["average retention drop", "", *[f"{sum(d) / len(d):+.1f}" for d in drops.values()]])
     rows.append(["training targets from the model", "", *[f"{100 * self_share[label]:.0f}%" for label in labels[1:]]])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+    return markdown_table(rows)
 
 
 def run(out: Path, size: DemoSize, data_dir: Path | None = None, progress: bool = True) -> str:
@@ -119,7 +113,7 @@ def run(out: Path, size: DemoSize, data_dir: Path | None = None, progress: bool 
         adapter = run_method(method, ssr.load_model(ssr.DEFAULT_MODEL), tok, train_examples, run_dir,
                              lora_settings=LORA, train_config=cfg, batch_size=16,
                              max_new_tokens=size.max_new_tokens, progress=progress)
-        targets = [json.loads(line) for line in (run_dir / "targets.jsonl").read_text().splitlines()]
+        targets = read_records(run_dir / "targets.jsonl")
         self_share[method] = sum(t["source"] != "gold" for t in targets) / len(targets)
         model = lora.load_adapter(ssr.load_model(ssr.DEFAULT_MODEL), adapter)
         results[method] = run_benchmarks(model, tok, items, out / "eval" / f"{method}.json", settings, **evaluate)

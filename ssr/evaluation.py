@@ -19,6 +19,7 @@ from tqdm import tqdm
 from ssr import judges
 from ssr.benchmarks import MCQuestion, subsample
 from ssr.inference import generate_records
+from ssr.jsonl import write_atomic
 from ssr.tasks import load_task
 
 
@@ -97,6 +98,14 @@ def primary_score(name: str, result: dict) -> float:
     return result[PRIMARY.get(name, "acc")]
 
 
+def markdown_table(rows: list[list[str]]) -> str:
+    """Rows of cells (the first is the header) as an aligned markdown table."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # target tasks: generate an answer, judge it
 
@@ -146,7 +155,6 @@ def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, ba
         raise ValueError(f"{out_path} holds results made with other settings ({saved.get('settings')}); "
                          "use another output file")
     results = saved.get("results", {})
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     stem = out_path.with_suffix("")
     for name, items in benchmarks.items():
         if name in results:
@@ -158,7 +166,5 @@ def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, ba
             results[name] = score_generations(model, tok, items, f"{stem}.{name}.predictions.jsonl",
                                               f"{stem}.{name}.verdicts.jsonl", batch_size=batch_size,
                                               max_new_tokens=max_new_tokens, nq_mode=nq_mode, progress=progress)
-        tmp = out_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"settings": settings, "results": results}, indent=2))
-        tmp.replace(out_path)
+        write_atomic(out_path, json.dumps({"settings": settings, "results": results}, indent=2))
     return {name: results[name] for name in benchmarks}

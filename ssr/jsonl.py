@@ -1,6 +1,6 @@
-"""Append-only JSONL files that survive being killed: the output format of every resumable step (generate,
-judge). A step reads what is already there, skips those records' ids and appends the rest, one whole line per
-record, flushed as it goes.
+"""Files that survive being killed. Append-only JSONL is the output format of every resumable step (generate,
+judge): a step reads what is already there, skips those records' ids and appends the rest, one whole line per
+record, flushed as it goes. Files written whole (targets, results, settings) replace the old one at once.
 
 The trap avoided: a run killed mid-write leaves half a line at the end of the file. Appending after it would
 glue the next record onto the fragment and corrupt both, forever. So readers ignore an unterminated last line,
@@ -50,6 +50,23 @@ def append_records(path: str | Path, records: Iterable[dict]) -> int:
             count += 1
         os.fsync(f.fileno())
     return count
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Replace the file's content all at once: written beside it, synced, then renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def write_records(path: str | Path, records: Iterable[dict]) -> None:
+    """A whole JSONL file, written atomically (for appending as work finishes, see append_records)."""
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def _parse(line: bytes) -> dict | None:

@@ -12,7 +12,6 @@ greedily with the adapters switched off (`lora.disabled`), never from a model ha
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ssr import judges, lora, methods
 from ssr import prompts as P
 from ssr.data import encode
 from ssr.inference import generate_records
-from ssr.jsonl import read_records
+from ssr.jsonl import read_records, write_atomic, write_records
 from ssr.methods import Target
 from ssr.tasks import TASKS, Example
 from ssr.trainer import TrainConfig, seed_everything, train
@@ -64,14 +63,8 @@ def build_targets(method: str, model, tok, examples: list[Example], run_dir, *, 
         targets = methods.sdft(examples, gold, *generated("rewrite", examples))
 
     by_id = {e.id: e for e in examples}
-    tmp = run / "targets.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for t in targets:
-            f.write(json.dumps({"id": t.id, "messages": P.predict_messages(by_id[t.id]), "response": t.response,
-                                "source": t.source}, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(run / "targets.jsonl")
+    write_records(run / "targets.jsonl", ({"id": t.id, "messages": P.predict_messages(by_id[t.id]),
+                                          "response": t.response, "source": t.source} for t in targets))
     return targets
 
 
@@ -101,8 +94,7 @@ def check_settings(run_dir: Path, settings: dict) -> None:
             raise ValueError(f"{run_dir} holds a run made with other settings ({what}); "
                              "use another --out, or delete the folder to start over")
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=2))
+    write_atomic(path, json.dumps(settings, indent=2))
 
 
 def run_method(method: str, model, tok, examples: list[Example], run_dir, *, lora_settings: LoraSettings,

@@ -124,8 +124,8 @@ def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool 
 
     ckpt = latest_checkpoint(out_dir)
     if ckpt is not None and not resume:
-        raise FileExistsError(f"{out_dir} already holds a run (checkpoint at {ckpt}): resume it (train.py "
-                              "--resume), or choose another output folder")
+        raise FileExistsError(f"{out_dir} already holds a run (checkpoint at {ckpt}): continue it "
+                              "(resume=True; rerunning train.py does), or choose another output folder")
     start = 0
     if ckpt is not None:
         start = load_checkpoint(ckpt, model, opt, cfg, fingerprint)
