@@ -8,7 +8,6 @@ wrongly shaped tensor that a lenient `load_state_dict(strict=False)` would leave
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -19,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ssr.config import ModelConfig
+from ssr.jsonl import atomic_dir
 from ssr.model import Transformer
 from ssr.smollm2 import DEFAULT_MODEL, default_model_dir
 # Tensors some checkpoints carry that hold nothing the model needs (RoPE tables are recomputed).
@@ -104,12 +104,10 @@ def load_model(path_or_name, dtype=torch.float32, device="cpu") -> Transformer:
 def save_model(model: Transformer, out_dir, dtype=None, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write an HF-layout checkpoint (config, safetensors, tokenizer files) that transformers loads.
 
-    Writes into a temporary folder and renames it, so a crash never leaves a half-written checkpoint.
+    Writes into a temporary folder and renames it (jsonl.atomic_dir), so a crash never leaves a
+    half-written checkpoint, nor loses the one it replaces.
     """
     out_dir = Path(out_dir)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = {}
     for name, p in model.state_dict().items():
         if model.config.tie_word_embeddings and name == "lm_head.weight":
@@ -125,28 +123,26 @@ def save_model(model: Transformer, out_dir, dtype=None, max_shard_bytes: int = 5
         current[name] = t
         size += nbytes
     shards.append(current)
-    if len(shards) == 1:
-        save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards, 1):
-            file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, tmp / file, metadata={"format": "pt"})
-            weight_map.update({name: file for name in shard})
-        total = sum(t.numel() * t.element_size() for t in state.values())
-        (tmp / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    hf = dict(model.config.hf)
-    saved_dtype = str(dtype or next(model.parameters()).dtype).removeprefix("torch.")
-    hf["torch_dtype"] = saved_dtype
-    if "dtype" in hf:
-        hf["dtype"] = saved_dtype
-    (tmp / "config.json").write_text(json.dumps(hf, indent=2))
-    source = getattr(model, "source_dir", None)
-    for name in TOKENIZER_FILES:
-        if source is not None and (Path(source) / name).is_file():
-            shutil.copy2(Path(source) / name, tmp / name)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    with atomic_dir(out_dir) as tmp:
+        if len(shards) == 1:
+            save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards, 1):
+                file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+                save_file(shard, tmp / file, metadata={"format": "pt"})
+                weight_map.update({name: file for name in shard})
+            total = sum(t.numel() * t.element_size() for t in state.values())
+            (tmp / "model.safetensors.index.json").write_text(
+                json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+        hf = dict(model.config.hf)
+        saved_dtype = str(dtype or next(model.parameters()).dtype).removeprefix("torch.")
+        hf["torch_dtype"] = saved_dtype
+        if "dtype" in hf:
+            hf["dtype"] = saved_dtype
+        (tmp / "config.json").write_text(json.dumps(hf, indent=2))
+        source = getattr(model, "source_dir", None)
+        for name in TOKENIZER_FILES:
+            if source is not None and (Path(source) / name).is_file():
+                shutil.copy2(Path(source) / name, tmp / name)
     return out_dir

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -67,6 +69,35 @@ def write_atomic(path: str | Path, text: str) -> None:
 def write_records(path: str | Path, records: Iterable[dict]) -> None:
     """A whole JSONL file, written atomically (for appending as work finishes, see append_records)."""
     write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+@contextmanager
+def atomic_dir(final: Path):
+    """Yield a temporary folder that replaces `final` once all of it is written and synced to disk.
+
+    A crash leaves the old folder or the new one, never a mix: between the two renames the old one
+    sits at `final.old` (the trainer's latest_checkpoint falls back to it).
+    """
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    for path in [*tmp.rglob("*"), tmp]:
+        _fsync(path)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _parse(line: bytes) -> dict | None:

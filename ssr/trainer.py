@@ -19,10 +19,9 @@ import json
 import math
 import os
 import random
-import shutil
 import signal
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from ssr import lora
 from ssr.data import Sample, collate, epoch_batches
+from ssr.jsonl import atomic_dir, read_records, write_records
 from ssr.loss import masked_cross_entropy
 
 
@@ -185,35 +185,6 @@ def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool 
 # ---- checkpoints -------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def atomic_dir(final: Path):
-    """Yield a temporary folder that replaces `final` once all of it is written and synced to disk.
-
-    A crash leaves the old folder or the new one, never a mix: between the two renames the old one
-    sits at `final.old`, which latest_checkpoint falls back to.
-    """
-    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    for path in [*tmp.rglob("*"), tmp]:
-        _fsync(path)
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def latest_checkpoint(out_dir: Path) -> Path | None:
     for name in ("checkpoint", "checkpoint.old"):
         if (out_dir / name / "state.json").is_file():
@@ -267,13 +238,5 @@ def load_checkpoint(ckpt: Path, model, opt, cfg: TrainConfig, fingerprint: str) 
 
 def cut_metrics(path: Path, last_step: int) -> None:
     """Drop the metrics lines after last_step: a resumed run logs those steps again."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= last_step:
-                keep.append(line + "\n")
-        except (json.JSONDecodeError, KeyError):  # a line cut short by the crash
-            pass
-    path.write_text("".join(keep))
+    if path.is_file():  # read_records leaves out a line cut short by the crash
+        write_records(path, [r for r in read_records(path) if r["step"] <= last_step])
