@@ -7,19 +7,22 @@ Modes (prompts in ssr/prompts.py): predict (the model answers the task, SSR/S3FT
 gold answer in its own words, S3FT), rewrite (SDFT's distillation prompt). Greedy unless --temperature > 0.
 Each record: {"id", "mode", "messages", "output", "finish_reason": "stop"|"length", "prompt_tokens",
 "output_tokens"} (+ "prefix" in rewrite mode). Resumable: a rerun skips the (id, mode) pairs already in
---out; a killed run loses at most the batch in flight.
+--out; a killed run loses at most the batch in flight. The settings that shape the outputs are kept beside
+--out (NAME.settings.json), and a rerun with others is refused.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from collections import Counter
+from pathlib import Path
 
 import torch
 
 import ssr
 from ssr.chat import TEMPLATES
 from ssr.inference import generate_records
+from ssr.jsonl import check_settings
 from ssr.prompts import MODES
 from ssr.tasks import TASKS, load_task
 
@@ -50,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
 
     examples = load_task(args.task_file, args.task, args.limit)
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    try:  # what shapes the outputs must not change between the runs that append to --out
+        check_settings(Path(args.out).with_suffix(".settings.json"), {
+            "model": str(args.model), "adapter": args.adapter, "task_file": str(Path(args.task_file).resolve()),
+            "dtype": str(dtype), "chat_template": args.chat_template, "max_new_tokens": args.max_new_tokens,
+            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+            "stop": args.stop}, args.out)
+    except ValueError as e:
+        p.error(str(e))
     model = ssr.load_model(args.model, dtype=dtype, device=args.device)
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
     if args.adapter:

@@ -4,17 +4,19 @@
 
 Reads generate.py's records ({"id", "mode", "output", ...}), joins them with the task file by id, and appends one
 verdict per record to --out: {"id", "mode", "task", "correct", "kind", "reason"}. Resumable: a rerun skips the
-(id, mode) pairs already in --out, so a killed run picks up where it stopped. Prints accuracy per mode and the
-verdicts counted by kind ("match", "mismatch", "AssertionError", "timeout", ...).
+(id, mode) pairs already in --out, so a killed run picks up where it stopped; a rerun with another task file,
+predictions file, --nq-mode or --timeout is refused (NAME.settings.json beside --out keeps them). Prints
+accuracy per mode and the verdicts counted by kind ("match", "mismatch", "AssertionError", "timeout", ...).
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from collections import Counter, defaultdict
+from pathlib import Path
 
 from ssr import judges
-from ssr.jsonl import read_records
+from ssr.jsonl import check_settings, read_records
 from ssr.tasks import TASKS, load_task
 
 
@@ -49,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     task = next(iter(examples.values())).task
     if task not in TASKS:
         parser.error(f"{args.task_file} holds {task!r} records; rule-based judges exist for {', '.join(TASKS)}")
+    try:  # verdicts of other predictions, or judged another way, must not be mixed into --out
+        check_settings(Path(args.out).with_suffix(".settings.json"), {
+            "task_file": str(Path(args.task_file).resolve()), "predictions": str(Path(args.predictions).resolve()),
+            "nq_mode": args.nq_mode, "timeout": args.timeout}, args.out)
+    except ValueError as e:
+        parser.error(str(e))
     predictions = read_records(args.predictions)
     known = [r for r in predictions if str(r["id"]) in examples]
     if len(known) < len(predictions):

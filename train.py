@@ -23,7 +23,8 @@ import torch
 
 import ssr
 from ssr import demo, lora, methods
-from ssr.pipeline import LoraSettings, check_settings, run_method
+from ssr.jsonl import check_settings
+from ssr.pipeline import LoraSettings, run_method
 from ssr.tasks import TASKS, load_task
 from ssr.trainer import TrainConfig
 
@@ -96,9 +97,10 @@ def main(argv=None) -> int:
         examples = load_task(args.data, args.task, args.limit)
         out = Path(args.out)
         # What decides the targets must not change within a run folder (the trainer checks its own settings).
-        check_settings(out, {"method": args.method, "model": str(args.model), "data": str(Path(args.data).resolve()),
-                             "limit": args.limit, "max_new_tokens": args.max_new_tokens,
-                             "lora": asdict(lora_settings)})
+        check_settings(out / "run.json", {"method": args.method, "model": str(args.model),
+                                          "data": str(Path(args.data).resolve()), "limit": args.limit,
+                                          "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings)},
+                       str(out))
         tok = ssr.load_tokenizer(args.model)
         model = ssr.load_model(args.model, dtype=dtype, device=device)
         adapter = run_method(args.method, model, tok, examples, out, lora_settings=lora_settings, train_config=cfg,

@@ -25,8 +25,8 @@ from pathlib import Path
 import ssr
 from ssr import benchmarks, demo_data, lora
 from ssr.evaluation import markdown_table, primary_score, run_benchmarks
-from ssr.jsonl import read_records, write_records
-from ssr.pipeline import LoraSettings, check_settings, run_method
+from ssr.jsonl import check_settings, read_records, write_records
+from ssr.pipeline import LoraSettings, run_method
 from ssr.tasks import load_task
 from ssr.trainer import TrainConfig
 
@@ -107,7 +107,7 @@ def run(out: Path, size: DemoSize, data_dir: Path | None = None, progress: bool 
     for method in ("sft", "ssr"):
         print(f"== {method}", flush=True)
         run_dir = out / method
-        check_settings(run_dir, {"method": method, **settings})
+        check_settings(run_dir / "run.json", {"method": method, **settings}, str(run_dir))
         cfg = TrainConfig(epochs=size.epochs, lr=LR, warmup=0.1, micro_batch=4, grad_accum=2, save_every=20,
                           seed=0)
         adapter = run_method(method, ssr.load_model(ssr.DEFAULT_MODEL), tok, train_examples, run_dir,

@@ -71,6 +71,22 @@ def write_records(path: str | Path, records: Iterable[dict]) -> None:
     write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+def check_settings(path: str | Path, settings: dict, what: str) -> None:
+    """Record in `path` the settings that make `what` (a run folder, an output file); on a rerun, refuse other
+    settings by name, so that a resumed step never mixes in outputs made another way."""
+    path = Path(path)
+    settings = json.loads(json.dumps(settings))  # as it reads back: tuples become lists
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+        if changed:
+            diff = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, (old, new) in changed.items())
+            raise ValueError(f"{what} holds results made with other settings ({diff}); use another --out, "
+                             "or delete it to start over")
+        return
+    write_atomic(path, json.dumps(settings, indent=2))
+
+
 @contextmanager
 def atomic_dir(final: Path):
     """Yield a temporary folder that replaces `final` once all of it is written and synced to disk.

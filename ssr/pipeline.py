@@ -11,7 +11,6 @@ greedily with the adapters switched off (`lora.disabled`), never from a model ha
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from ssr import judges, lora, methods
 from ssr import prompts as P
 from ssr.data import encode
 from ssr.inference import generate_records
-from ssr.jsonl import read_records, write_atomic, write_records
+from ssr.jsonl import read_records, write_records
 from ssr.methods import Target
 from ssr.tasks import TASKS, Example
 from ssr.trainer import TrainConfig, seed_everything, train
@@ -80,21 +79,6 @@ class LoraSettings:
     alpha: float = 16
     dropout: float = 0.05
     targets: tuple[str, ...] = ("q_proj", "v_proj")
-
-
-def check_settings(run_dir: Path, settings: dict) -> None:
-    """Record what a run folder is for; refuse to mix a different run into it."""
-    path = run_dir / "run.json"
-    settings = json.loads(json.dumps(settings))  # as it reads back: tuples become lists
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
-        if changed:
-            what = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, (old, new) in changed.items())
-            raise ValueError(f"{run_dir} holds a run made with other settings ({what}); "
-                             "use another --out, or delete the folder to start over")
-        return
-    write_atomic(path, json.dumps(settings, indent=2))
 
 
 def run_method(method: str, model, tok, examples: list[Example], run_dir, *, lora_settings: LoraSettings,

@@ -38,7 +38,7 @@ def chat_file(path, n: int) -> None:
 
 
 @pytest.mark.parametrize("task", TASK_FILES)
-def test_records_of_every_mode(shared, stories, tmp_path, task):
+def test_records_of_every_mode(shared, stories, tmp_path, task, capsys):
     task_file, out = shared / TASK_FILES[task], tmp_path / "out.jsonl"
     common = ["--model", str(stories), "--chat-template", "chatml", "--task-file", str(task_file), "--limit", "3",
               "--out", str(out), "--max-new-tokens", "6", "--batch-size", "2", "--quiet"]
@@ -60,6 +60,10 @@ def test_records_of_every_mode(shared, stories, tmp_path, task):
 
     before = out.read_bytes()
     assert generate.main(common + ["--mode", "predict"]) == 0  # everything is there: a rerun writes nothing
+    assert out.read_bytes() == before
+    with pytest.raises(SystemExit):  # records made another way are never mixed into --out
+        generate.main(common + ["--mode", "predict", "--temperature", "0.7"])
+    assert "other settings (temperature: 0.0 then, 0.7 now)" in capsys.readouterr().err
     assert out.read_bytes() == before
 
 

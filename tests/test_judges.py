@@ -294,6 +294,12 @@ def test_judge_cli_judges_resumes_and_summarizes(tmp_path, capsys):
     assert "paraphrase: 2/4 correct (50.0%)" in summary
     assert "match 2, mismatch 2" in summary
 
+    with pytest.raises(SystemExit):  # verdicts judged another way are never mixed into --out
+        judge_cli.main(["--task-file", str(tasks), "--predictions", str(predictions), "--out", str(out),
+                        "--nq-mode", "exact"])
+    assert "other settings (nq_mode: 'contains' then, 'exact' now)" in capsys.readouterr().err
+    assert read_records(out) == final
+
 
 def test_judge_cli_refuses_chat_records(tmp_path):
     tasks = tmp_path / "chat.jsonl"
