@@ -99,6 +99,9 @@ class KVCache:
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # slot holds a real token
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)  # RoPE position of the next token
         self.length = 0  # slots written so far, the same for every row
+        # Some written slot holds no token (left padding). A Python bool, learnt when a mask is passed (prefill),
+        # so that decoding never waits for the device just to find out that it needs no mask.
+        self.padded = False
 
     @property
     def max_len(self) -> int:
@@ -191,13 +194,13 @@ class Transformer(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, D)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def _masks(self, T: int, valid, cache: KVCache | None):
+    def _masks(self, T: int, valid, all_valid: bool, cache: KVCache | None):
         """One boolean attention mask (B, 1, T, S) per distinct window, or None where is_causal is exact.
 
-        valid (B, S) marks the key slots that hold real tokens; the new queries sit in the last T slots.
+        valid (B, S) marks the key slots that hold real tokens (all of them, if all_valid); the new
+        queries sit in the last T slots.
         """
         S = valid.shape[1]
-        all_valid = bool(valid.all())
         masks = {}
         for window in set(self.config.layer_windows):
             needs_window = window is not None and window < S
@@ -239,14 +242,18 @@ class Transformer(nn.Module):
             start = cache.length
             cache.valid[:, start:start + T] = new_valid
             valid = cache.valid[:, :start + T]
+            if attention_mask is not None:
+                cache.padded = not bool(valid.all())
+            all_valid = not cache.padded
             if positions is None:
                 positions = cache.next_pos[:, None] + new_valid.long().cumsum(1) - 1
         else:
             valid = new_valid
+            all_valid = attention_mask is None or bool(new_valid.all())
             if positions is None:
-                positions = (new_valid.long().cumsum(1) - 1).clamp(min=0)
+                positions = new_valid.long().cumsum(1) - 1
         positions = positions.clamp(min=0)  # padding slots before a row's first token
-        masks = self._masks(T, valid, cache)
+        masks = self._masks(T, valid, all_valid, cache)
 
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
         cos, sin = self._rope(positions, x.dtype)

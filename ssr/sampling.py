@@ -173,6 +173,7 @@ def _prefill(model, prompts, cache: KVCache) -> torch.Tensor:
         rows.length = T - Tg
         logits.append(model(ids.to(device), attention_mask=mask.to(device), cache=rows, last_only=True)[:, -1])
     cache.length = T
+    cache.padded = not bool(cache.valid[:, :T].all())  # groups shorter than T leave slots unwritten
     return torch.cat(logits)
 
 
