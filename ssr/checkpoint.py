@@ -65,6 +65,12 @@ def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     module._parameters[leaf] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
 
 
+def mismatch_error(what: str, problems: list[str]) -> ValueError:
+    """One error listing every missing, unexpected or misshaped tensor (the first 20), not just the first."""
+    shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+    return ValueError(f"{what}:\n  {shown}")
+
+
 def load_model(path_or_name, dtype=torch.float32, device="cpu") -> Transformer:
     """Build the model from a checkpoint folder (or "smollm2-135m-instruct"), in eval mode."""
     folder = resolve_model_dir(path_or_name)
@@ -93,8 +99,7 @@ def load_model(path_or_name, dtype=torch.float32, device="cpu") -> Transformer:
                 loaded.add(name)
     problems += [f"missing tensor {name} (shape {tuple(expected[name])})" for name in expected if name not in loaded]
     if problems:
-        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise ValueError(f"checkpoint {folder} does not match its config.json:\n  {shown}")
+        raise mismatch_error(f"checkpoint {folder} does not match its config.json", problems)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.source_dir = folder

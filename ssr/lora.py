@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ssr.checkpoint import mismatch_error
 from ssr.model import Linear, linear
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -217,8 +217,7 @@ def load_adapter(model: nn.Module, adapter_dir) -> nn.Module:
                                 f"{tuple(expected[key].shape)}")
             loaded[key] = t
     if problems:
-        shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise ValueError(f"adapter {folder} does not match the model:\n  {shown}")
+        raise mismatch_error(f"adapter {folder} does not match the model", problems)
     with torch.no_grad():
         for key, t in loaded.items():
             expected[key].copy_(t)
