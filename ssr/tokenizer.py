@@ -142,8 +142,8 @@ def load_tokenizer(path_or_name, chat_template: str | None = None) -> Tokenizer:
     gen = _read_json(folder / "generation_config.json")
     model_cfg = _read_json(folder / "config.json")
 
-    is_byte_level = '"ByteLevel"' in tok_file.read_text(encoding="utf-8")
-    if cfg.get("tokenizer_class") in ("LlamaTokenizer", "LlamaTokenizerFast") and not is_byte_level:
+    is_llama = cfg.get("tokenizer_class") in ("LlamaTokenizer", "LlamaTokenizerFast")
+    if is_llama and '"ByteLevel"' not in tok_file.read_text(encoding="utf-8"):  # a SentencePiece Llama
         _rebuild_sentencepiece_pipeline(tk, cfg)
 
     def special_id(name: str) -> int | None:
@@ -152,9 +152,10 @@ def load_tokenizer(path_or_name, chat_template: str | None = None) -> Tokenizer:
             text = _token_text(cfg[key] if key in cfg else special[key])
             if text is None:
                 return None
-            if tk.token_to_id(text) is None:
+            token_id = tk.token_to_id(text)
+            if token_id is None:
                 raise ValueError(f"{folder}: {key} {text!r} is not in the vocabulary")
-            return tk.token_to_id(text)
+            return token_id
         for source in (gen, model_cfg):
             ids = _as_list(source.get(f"{name}_token_id"))
             if ids:
@@ -170,7 +171,6 @@ def load_tokenizer(path_or_name, chat_template: str | None = None) -> Tokenizer:
     detected, default_system = chat.detect(template)
     if chat_template is not None and chat_template not in chat.TEMPLATES:
         raise ValueError(f"unknown chat template {chat_template!r}; choose one of {', '.join(chat.TEMPLATES)}")
-    is_llama = cfg.get("tokenizer_class") in ("LlamaTokenizer", "LlamaTokenizerFast")
     return Tokenizer(tk, bos_id=special_id("bos"), eos_id=eos_id, stop_ids=stop_ids, pad_id=special_id("pad"),
                      add_bos=cfg.get("add_bos_token", is_llama),
                      chat_template=chat_template or detected,
