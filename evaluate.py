@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 import ssr
-from ssr import benchmarks, lora
+from ssr import benchmarks, judges, lora
+from ssr.checkpoint import default_dtype
 from ssr.evaluation import PRIMARY, TARGET_FILES, markdown_table, primary_score, run_benchmarks, target_examples
 
 
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
     p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per scoring forward pass")
     p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--nq-mode", choices=("contains", "exact"), default="contains")
+    p.add_argument("--nq-mode", choices=judges.NQ_MODES, default="contains")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="default: bfloat16 on CUDA, float32 on CPU")
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
     if args.out is None:
         p.error("--out is required (or --compare)")
     tasks = parse_tasks(args.tasks, args.data_dir)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    dtype = getattr(torch, args.dtype) if args.dtype else default_dtype(args.device)
     settings = {"model": str(args.model), "adapter": args.adapter, "limit": args.limit, "dtype": str(dtype),
                 "max_new_tokens": args.max_new_tokens, "nq_mode": args.nq_mode}
     items = {}

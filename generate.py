@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import ssr
+from ssr.checkpoint import default_dtype
 from ssr.chat import TEMPLATES
 from ssr.inference import generate_records
 from ssr.jsonl import check_settings
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     examples = load_task(args.task_file, args.task, args.limit)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    dtype = getattr(torch, args.dtype) if args.dtype else default_dtype(args.device)
     try:  # what shapes the outputs must not change between the runs that append to --out
         check_settings(Path(args.out).with_suffix(".settings.json"), {
             "model": str(args.model), "adapter": args.adapter, "task_file": str(Path(args.task_file).resolve()),

@@ -23,6 +23,7 @@ import torch
 
 import ssr
 from ssr import demo, lora, methods
+from ssr.checkpoint import default_dtype
 from ssr.jsonl import check_settings
 from ssr.pipeline import LoraSettings, run_method
 from ssr.tasks import TASKS, load_task
@@ -90,8 +91,7 @@ def main(argv=None) -> int:
                                  tuple(t.strip() for t in args.targets.split(",") if t.strip()))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else torch.device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype != "auto" else \
-        (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = getattr(torch, args.dtype) if args.dtype != "auto" else default_dtype(device)
 
     try:
         examples = load_task(args.data, args.task, args.limit)

@@ -65,6 +65,11 @@ def _set_tensor(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     module._parameters[leaf] = nn.Parameter(tensor, requires_grad=tensor.is_floating_point())
 
 
+def default_dtype(device) -> torch.dtype:
+    """The scripts' default for base weights: bfloat16 on CUDA, float32 elsewhere (bf16 matmuls are slow on CPUs)."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
 def mismatch_error(what: str, problems: list[str]) -> ValueError:
     """One error listing every missing, unexpected or misshaped tensor (the first 20), not just the first."""
     shown = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
