@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 
-TEMPLATES = ("chatml", "llama2", "mistral", "mistral-2024")
-
 Segments = list[tuple[str, bool]]  # (text, supervised); joined, they are the rendered conversation
 
 
@@ -99,6 +97,7 @@ def mistral_2024(messages, add_generation_prompt, bos="<s>", eos="</s>", **_) ->
 
 
 RENDER = {"chatml": chatml, "llama2": llama2, "mistral": mistral, "mistral-2024": mistral_2024}
+TEMPLATES = tuple(RENDER)
 
 
 def render(template: str, messages: list[dict], add_generation_prompt: bool = False, **tokens) -> Segments:

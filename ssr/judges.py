@@ -239,7 +239,7 @@ def judge_iter(examples: Sequence[Example], outputs: Sequence[str], *, workers: 
 
 
 def judge_batch(examples: Sequence[Example], outputs: Sequence[str], **options) -> list[Verdict]:
-    """`judge_iter` collected in input order: the entry point for the training pipeline."""
+    """`judge_iter` collected in input order (the pipeline uses judge_records, which also resumes)."""
     return _in_order(judge_iter(examples, outputs, **options), len(examples))
 
 
