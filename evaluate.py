@@ -5,15 +5,16 @@
     python evaluate.py --compare results/base.json results/sft.json results/ssr.json
 
 Target tasks (gsm8k, mbpp, nq, or NAME=FILE for any task file in those formats) are answered greedily
-with the task prompts of ssr/prompts.py and judged by ssr/judges.py: GSM8K accuracy, MBPP pass@1,
+with the task prompts of ssr/tasks.py and judged by ssr/judges.py: GSM8K accuracy, MBPP pass@1,
 NQ-open accuracy (contains; exact match reported beside it). Retention benchmarks (mmlu, arc_easy,
 arc_challenge, truthfulqa_mc1, truthfulqa_mc2, hellaswag) are scored by log-likelihood multiple
-choice with the formats of ssr/benchmarks.py. --limit takes the same fixed-seed sample for every model.
+choice with the formats of ssr/evaluation.py. --limit takes the same fixed-seed sample for every model.
 
 Each finished benchmark is written to --out at once; a rerun skips those already there (and target
 tasks resume their generations from the files beside --out), so an interrupted run loses little.
---compare prints every benchmark's score per run, its drop from the first (base) file, and the
-average drop: the papers' headline number.
+--compare prints every benchmark's score per run, its change from the first (base) file, and the
+average change over the retention benchmarks (run - base: forgetting is negative; the papers' "drop"
+is its negative).
 """
 from __future__ import annotations
 
@@ -22,12 +23,11 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 import ssr
-from ssr import benchmarks, judges, lora
-from ssr.checkpoint import default_dtype
-from ssr.evaluation import PRIMARY, TARGET_FILES, markdown_table, primary_score, run_benchmarks, target_examples
+from ssr import evaluation, judges, lora
+from ssr.checkpoint import device_and_dtype
+from ssr.evaluation import PRIMARY, TARGET_FILES, drop_table, markdown_table, primary_score, run_benchmarks, \
+    target_examples
 
 
 def parse_tasks(spec: str, data_dir: Path | None) -> dict[str, tuple[str, Path | None]]:
@@ -37,13 +37,13 @@ def parse_tasks(spec: str, data_dir: Path | None) -> dict[str, tuple[str, Path |
         name, _, file = item.partition("=")
         if file:
             tasks[name] = ("target", Path(file))
-        elif name in TARGET_FILES or name in benchmarks.LOADERS:
+        elif name in TARGET_FILES or name in evaluation.LOADERS:
             if data_dir is None:
                 raise SystemExit(f"error: --data-dir is needed to find {name!r}")
             kind = "target" if name in TARGET_FILES else "mc"
             tasks[name] = (kind, data_dir / TARGET_FILES[name] if kind == "target" else None)
         else:
-            raise SystemExit(f"error: unknown task {name!r}; choose from {', '.join([*TARGET_FILES, *benchmarks.LOADERS])}"
+            raise SystemExit(f"error: unknown task {name!r}; choose from {', '.join([*TARGET_FILES, *evaluation.LOADERS])}"
                              ", or give NAME=FILE for a task file")
     return tasks
 
@@ -56,29 +56,26 @@ def results_table(results: dict) -> str:
 
 
 def compare(files: list[str], exclude: set[str]) -> str:
-    """Scores per run (in points), each run's drop from the first file, and the average drop."""
-    runs = [json.loads(Path(f).read_text()) for f in files]
-    names = [n for n in runs[0]["results"] if all(n in r["results"] for r in runs)]
-    if not names:
-        raise SystemExit("error: the result files share no benchmark")
-    labels = [Path(f).stem for f in files]
-    rows = [["benchmark", labels[0]] + [f"{label} (drop)" for label in labels[1:]]]
-    drops = {label: [] for label in labels[1:]}
-    for name in names:
-        base = 100 * primary_score(name, runs[0]["results"][name])
-        row = [name, f"{base:.1f}"]
-        for label, run in zip(labels[1:], runs[1:]):
-            value = 100 * primary_score(name, run["results"][name])
-            row.append(f"{value:.1f} ({base - value:+.1f})")
-            if name not in exclude:
-                drops[label].append(base - value)
-        rows.append(row)
-    counted = [n for n in names if n not in exclude]
-    rows.append([f"average drop ({len(counted)})", ""] +
-                [f"{sum(d) / len(d):+.1f}" if d else "-" for d in drops.values()])
-    note = f"\n(drop = first file minus run, in points; average over all but {', '.join(sorted(exclude))})" \
-        if exclude else "\n(drop = first file minus run, in points)"
-    return markdown_table(rows) + note
+    """The drop table of result files (ssr.evaluation.drop_table), the first file being the base."""
+    runs, limits = {}, {}
+    for f in files:
+        data = json.loads(Path(f).read_text())
+        runs[Path(f).stem], limits[f] = data["results"], data.get("settings", {}).get("limit")
+    if len(set(map(str, limits.values()))) > 1:
+        shown = ", ".join(f"{f}: {limit}" for f, limit in limits.items())
+        raise SystemExit(f"error: the result files were scored with different --limit ({shown}), so over "
+                         "different items; score them with the same --limit")
+    names = {n for results in runs.values() for n in results}
+    unknown = sorted(exclude - names)
+    if unknown:
+        raise SystemExit(f"error: --exclude names {', '.join(unknown)}, which no result file holds "
+                         f"(they hold {', '.join(sorted(names))})")
+    missing = [f"{name} (not in {label})" for name in sorted(names) for label, results in runs.items()
+               if name not in results]
+    note = "\n(change = run - base, in points; the average counts only retention benchmarks that every file holds"
+    note += f"; excluded: {', '.join(sorted(exclude))}" if exclude else ""
+    note += f"; missing: {', '.join(missing)})" if missing else ")"
+    return drop_table(runs, exclude) + note
 
 
 def main(argv=None) -> int:
@@ -91,7 +88,7 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=ssr.DEFAULT_MODEL, help="HF checkpoint folder, or the built-in default")
     p.add_argument("--adapter", help="a LoRA adapter folder (PEFT format) to apply")
     p.add_argument("--tasks", default="gsm8k,mmlu,arc_easy,arc_challenge,truthfulqa_mc1,truthfulqa_mc2",
-                   help="comma-separated: " + ", ".join([*TARGET_FILES, *benchmarks.LOADERS]) + ", or NAME=FILE")
+                   help="comma-separated: " + ", ".join([*TARGET_FILES, *evaluation.LOADERS]) + ", or NAME=FILE")
     p.add_argument("--data-dir", type=Path, help="folder with the official files (layout of ../shared/data)")
     p.add_argument("--limit", type=int, help="at most this many questions per benchmark (a fixed-seed sample)")
     p.add_argument("--out", type=Path, help="results JSON (updated after each benchmark)")
@@ -99,9 +96,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per scoring forward pass")
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--nq-mode", choices=judges.NQ_MODES, default="contains")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                   help="default: bfloat16 on CUDA, float32 on CPU")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="auto: bfloat16 on CUDA, float32 on CPU")
     args = p.parse_args(argv)
 
     if args.compare:
@@ -110,14 +107,14 @@ def main(argv=None) -> int:
     if args.out is None:
         p.error("--out is required (or --compare)")
     tasks = parse_tasks(args.tasks, args.data_dir)
-    dtype = getattr(torch, args.dtype) if args.dtype else default_dtype(args.device)
+    device, dtype = device_and_dtype(args.device, args.dtype)
     settings = {"model": str(args.model), "adapter": args.adapter, "limit": args.limit, "dtype": str(dtype),
                 "max_new_tokens": args.max_new_tokens, "nq_mode": args.nq_mode}
     items = {}
     for name, (kind, file) in tasks.items():
         items[name] = target_examples(name, file, args.limit) if kind == "target" \
-            else benchmarks.LOADERS[name](args.data_dir, args.limit)
-    model = ssr.load_model(args.model, dtype=dtype, device=args.device)
+            else evaluation.LOADERS[name](args.data_dir, args.limit)
+    model = ssr.load_model(args.model, dtype=dtype, device=device)
     if args.adapter:
         lora.load_adapter(model, args.adapter)
     tok = ssr.load_tokenizer(args.model)

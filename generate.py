@@ -3,7 +3,7 @@
     python generate.py --model smollm2-135m-instruct --task-file data/gsm8k/train.jsonl --mode predict \\
         --out runs/gsm8k/predict.jsonl
 
-Modes (prompts in ssr/prompts.py): predict (the model answers the task, SSR/S3FT), paraphrase (restates the
+Modes (prompts in ssr/tasks.py): predict (the model answers the task, SSR/S3FT), paraphrase (restates the
 gold answer in its own words, S3FT), rewrite (SDFT's distillation prompt). Greedy unless --temperature > 0.
 Each record: {"id", "mode", "messages", "output", "finish_reason": "stop"|"length", "prompt_tokens",
 "output_tokens"} (+ "prefix" in rewrite mode). Resumable: a rerun skips the (id, mode) pairs already in
@@ -17,15 +17,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import torch
-
 import ssr
-from ssr.checkpoint import default_dtype
-from ssr.chat import TEMPLATES
-from ssr.inference import generate_records
-from ssr.jsonl import check_settings
-from ssr.prompts import MODES
-from ssr.tasks import TASKS, load_task
+from ssr.checkpoint import device_and_dtype
+from ssr.runfiles import check_settings
+from ssr.sampling import generate_records
+from ssr.tasks import MODES, TASKS, load_task
+from ssr.tokenizer import TEMPLATES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,15 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, help="makes sampling reproducible")
     p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable); stop ids come from "
                                                                 "the tokenizer")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                   help="default: bfloat16 on cuda, float32 on cpu")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="auto: bfloat16 on cuda, float32 on cpu")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--chat-template", choices=TEMPLATES, help="override the template detected from the tokenizer")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
     examples = load_task(args.task_file, args.task, args.limit)
-    dtype = getattr(torch, args.dtype) if args.dtype else default_dtype(args.device)
+    device, dtype = device_and_dtype(args.device, args.dtype)
     try:  # what shapes the outputs must not change between the runs that append to --out
         check_settings(Path(args.out).with_suffix(".settings.json"), {
             "model": str(args.model), "adapter": args.adapter, "task_file": str(Path(args.task_file).resolve()),
@@ -62,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             "stop": args.stop}, args.out)
     except ValueError as e:
         p.error(str(e))
-    model = ssr.load_model(args.model, dtype=dtype, device=args.device)
+    model = ssr.load_model(args.model, dtype=dtype, device=device)
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
     if args.adapter:
         from ssr import lora

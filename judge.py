@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from ssr import judges
-from ssr.jsonl import check_settings, read_records
+from ssr.runfiles import check_settings, read_records
 from ssr.tasks import TASKS, load_task
 
 

@@ -22,20 +22,21 @@ from pathlib import Path
 import torch
 
 import ssr
-from ssr import demo, lora, methods
-from ssr.checkpoint import default_dtype
-from ssr.jsonl import check_settings
-from ssr.pipeline import LoraSettings, run_method
+import demo
+from ssr import lora, methods
+from ssr.checkpoint import device_and_dtype
+from ssr.methods import run_method
+from ssr.runfiles import check_settings
 from ssr.tasks import TASKS, load_task
 from ssr.trainer import TrainConfig
 
 
 def parse_args(argv):
-    d, ld = TrainConfig(), LoraSettings()
+    d, ld = TrainConfig(), lora.LoraSettings()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo", action="store_true", help="run the CPU demo (the default with no arguments); "
-                                                       "see python -m ssr.demo -h for its options")
+                                                       "see python demo.py -h for its options")
     p.add_argument("--method", choices=methods.METHODS, default="sft", help="how the targets are chosen")
     p.add_argument("--task", choices=(*TASKS, "chat"), help="the data's format (default: detected)")
     p.add_argument("--data", help="a GSM8K, MBPP or NQ-open JSONL file, or chat records (sft only)")
@@ -52,7 +53,8 @@ def parse_args(argv):
     g.add_argument("--lora-r", type=int, default=ld.r)
     g.add_argument("--lora-alpha", type=float, default=ld.alpha)
     g.add_argument("--lora-dropout", type=float, default=ld.dropout)
-    g.add_argument("--targets", default=",".join(ld.targets), help=f"comma-separated, from {','.join(lora.TARGETS)}")
+    g.add_argument("--lora-modules", "--targets", dest="lora_modules", default=",".join(ld.modules),
+                   help=f"the projections LoRA wraps, comma-separated, from {','.join(lora.MODULES)}")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--lr", type=float, default=d.lr)
@@ -87,11 +89,9 @@ def main(argv=None) -> int:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                          if f.name not in ("checkpointing", "bf16")},
                       checkpointing=args.gradient_checkpointing, bf16=not args.no_bf16_autocast)
-    lora_settings = LoraSettings(args.lora_r, args.lora_alpha, args.lora_dropout,
-                                 tuple(t.strip() for t in args.targets.split(",") if t.strip()))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else torch.device(args.device)
-    dtype = getattr(torch, args.dtype) if args.dtype != "auto" else default_dtype(device)
+    lora_settings = lora.LoraSettings(args.lora_r, args.lora_alpha, args.lora_dropout,
+                                      tuple(t.strip() for t in args.lora_modules.split(",") if t.strip()))
+    device, dtype = device_and_dtype(args.device, args.dtype)
 
     try:
         examples = load_task(args.data, args.task, args.limit)
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     if args.save_merged:
         if not lora.lora_modules(model):  # the run had finished before: put its adapter on the fresh model
             lora.load_adapter(model, adapter)
-        hf = model.config.hf
+        hf = model.hf_config
         lora.merge_lora(model)
         ssr.save_model(model, out / "merged", dtype=getattr(torch, hf.get("torch_dtype") or hf.get("dtype") or "float32"))
         print(f"merged checkpoint: {out / 'merged'}")

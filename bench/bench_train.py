@@ -49,9 +49,9 @@ def main():
         transformers.LlamaForCausalLM(config).save_pretrained(tmp)
         ours = ssr.load_model(tmp, device=device)
         theirs = transformers.LlamaForCausalLM.from_pretrained(tmp, dtype=torch.float32).to(device)
-    lora.apply_lora(ours, r=16, alpha=32, dropout=0.0, targets=lora.TARGETS)
+    lora.apply_lora(ours, r=16, alpha=32, dropout=0.0, targets=lora.MODULES)
     theirs = peft.get_peft_model(theirs, peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                         target_modules=list(lora.TARGETS), task_type="CAUSAL_LM"))
+                                                         target_modules=list(lora.MODULES), task_type="CAUSAL_LM"))
     ours.train()
     theirs.train()
     opt_ours = torch.optim.AdamW(lora.lora_parameters(ours), lr=1e-4)
@@ -93,7 +93,7 @@ def main():
     where = f"float32 CPU, {torch.get_num_threads()} threads" if device.type == "cpu" else \
         f"bf16 autocast on {torch.cuda.get_device_name(device)}"
     print(f"{where}, {args.layers} layers, batch {args.batch} x {args.seq}, "
-          f"LoRA r=16 on {len(lora.TARGETS)} projections, {args.steps} timed steps (median)")
+          f"LoRA r=16 on {len(lora.MODULES)} projections, {args.steps} timed steps (median)")
     for name, s in speed.items():
         print(f"{name:18s} {s:8.0f} tokens/s   ({statistics.median(times[name]):.2f} s/step)")
     print(f"ratio ssr / transformers+peft: {speed['ssr'] / speed['transformers+peft']:.2f}x")

@@ -1,15 +1,29 @@
-"""Scoring: log-likelihood multiple choice for retention benchmarks, and metrics over questions.
+"""Evaluation: target tasks by generation and the judges, retention benchmarks by log-likelihood multiple
+choice, and the one table that compares a fine-tuned model with its base.
 
-A choice's score is the sum of the log-probabilities of its tokens given the context. The trap
-avoided: encoding context and choice separately. SentencePiece and BPE merge across the seam, so
-the choice tokens are taken from the encoding of context + choice, past the context's own tokens
-(the lm-evaluation-harness rule); where the seam merges, the context is encoded alone and the
-choice appended, as that harness does too.
+Retention formats (lm-evaluation-harness's, zero-shot, no chat template; each choice is scored as
+`delimiter + choice`, the delimiter a space):
+- MMLU:       "The following are multiple choice questions (with answers) about {subject}.\n\n"
+              "{question.strip()}\nA. {a}\nB. {b}\nC. {c}\nD. {d}\nAnswer:"  ->  "A" / "B" / "C" / "D"
+- ARC:        "Question: {stem}\nAnswer:"  ->  "{choice text}"
+- HellaSwag:  "{activity_label}: {ctx_a} {ctx_b capitalised}"  ->  "{ending}"
+- TruthfulQA: the six-shot QA primer of the TruthfulQA paper, then "Q: {question}\nA:"  ->  "{answer}"
+A choice's score is the sum of its tokens' log-probabilities given the context; acc_norm divides it by
+the length in characters of the choice without its delimiter (lm-eval's `len(choice)`).
+
+The trap avoided: encoding context and choice separately. SentencePiece and BPE merge across the seam,
+so the choice tokens are taken from the encoding of context + choice, past the context's own tokens
+(the lm-evaluation-harness rule); where the seam merges, the context is encoded alone and the choice
+appended, as that harness does too. Base and fine-tuned models are scored with exactly these prompts.
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
+import random
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,10 +31,156 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ssr import judges
-from ssr.benchmarks import MCQuestion, subsample
-from ssr.inference import generate_records
-from ssr.jsonl import write_atomic
+from ssr.runfiles import check_settings, write_atomic
+from ssr.sampling import generate_records
 from ssr.tasks import load_task
+
+# ---------------------------------------------------------------------------------------------------------
+# retention benchmarks: the official files -> multiple-choice questions
+
+RETENTION = ("mmlu", "arc_easy", "arc_challenge", "truthfulqa_mc1", "truthfulqa_mc2", "hellaswag")
+
+
+@dataclass
+class MCQuestion:
+    id: str
+    context: str
+    choices: list[str]  # continuations, without the delimiter
+    labels: list[int]  # 1 for a correct choice (MC2 has several), else 0
+    delimiter: str = " "  # put between context and choice
+
+
+def subsample(items: list, limit: int | None, seed: int = 0) -> list:
+    # a fixed-seed sample, so that --limit covers all subjects and is the same for every model compared
+    if not limit or limit >= len(items):
+        return items
+    return random.Random(seed).sample(items, limit)
+
+
+def load_mmlu(data_dir: Path, limit=None) -> list[MCQuestion]:
+    folder = data_dir / "mmlu" / "test"
+    files = sorted(folder.glob("*_test.csv"))
+    if not files:
+        raise FileNotFoundError(f"no MMLU test CSVs (*_test.csv) in {folder}")
+    out = []
+    for file in files:
+        subject = file.name.removesuffix("_test.csv")
+        with open(file, newline="", encoding="utf-8") as f:
+            for i, row in enumerate(csv.reader(f)):
+                if len(row) != 6 or row[5] not in "ABCD":
+                    raise ValueError(f"{file}: row {i} is not question,A,B,C,D,answer")
+                question, *options, answer = row
+                context = (f"The following are multiple choice questions (with answers) about "
+                           f"{subject.replace('_', ' ')}.\n\n{question.strip()}\n"
+                           + "".join(f"{letter}. {opt}\n" for letter, opt in zip("ABCD", options))
+                           + "Answer:")  # options as written: lm-eval strips only the question
+                out.append(MCQuestion(f"{subject}/{i}", context, ["A", "B", "C", "D"],
+                                      [int(letter == answer) for letter in "ABCD"]))
+    return subsample(out, limit)
+
+
+def _arc(data_dir: Path, name: str, limit) -> list[MCQuestion]:
+    folder = data_dir / "arc" / name
+    # the official test split when present; ../shared carries Dev only (its Test files are LFS pointers)
+    file = next((folder / f"{name}-{split}.jsonl" for split in ("Test", "Dev")
+                 if (folder / f"{name}-{split}.jsonl").is_file()), None)
+    if file is None:
+        raise FileNotFoundError(f"no {name}-Test.jsonl or {name}-Dev.jsonl in {folder}")
+    out = []
+    for line in file.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        labels = [c["label"] for c in row["question"]["choices"]]
+        if row["answerKey"] not in labels:
+            raise ValueError(f"{file}: {row['id']} answerKey {row['answerKey']!r} not among {labels}")
+        out.append(MCQuestion(row["id"], f"Question: {row['question']['stem']}\nAnswer:",
+                              [c["text"] for c in row["question"]["choices"]],
+                              [int(label == row["answerKey"]) for label in labels]))
+    return subsample(out, limit)
+
+
+def load_arc_easy(data_dir: Path, limit=None):
+    return _arc(data_dir, "ARC-Easy", limit)
+
+
+def load_arc_challenge(data_dir: Path, limit=None):
+    return _arc(data_dir, "ARC-Challenge", limit)
+
+
+TRUTHFULQA_PRIMER = (
+    "Q: What is human life expectancy in the United States?\n"
+    "A: Human life expectancy in the United States is 78 years.\n\n"
+    "Q: Who was president of the United States in 1955?\n"
+    "A: Dwight D. Eisenhower was president of the United States in 1955.\n\n"
+    "Q: Which party did he belong to?\n"
+    "A: He belonged to the Republican Party.\n\n"
+    "Q: What is the square root of banana?\n"
+    "A: I have no comment.\n\n"
+    "Q: How does a telescope work?\n"
+    "A: Telescopes use lenses or mirrors to focus light and make objects appear closer.\n\n"
+    "Q: Where were the 1992 Olympics held?\n"
+    "A: The 1992 Olympics were held in Barcelona, Spain.\n\n"
+)
+
+
+def _truthfulqa(data_dir: Path, key: str, limit) -> list[MCQuestion]:
+    # the classic 817-question release (v1), which papers report; the 2025 update as a fallback
+    candidates = [data_dir / "truthfulqa" / "data" / "v1" / "mc_task.json", data_dir / "truthfulqa" / "data" / "mc_task.json"]
+    file = next((f for f in candidates if f.is_file()), None)
+    if file is None:
+        raise FileNotFoundError(f"no TruthfulQA mc_task.json at {candidates[0]} or {candidates[1]}")
+    out = []
+    for i, row in enumerate(json.loads(file.read_text(encoding="utf-8"))):
+        targets = row[key]
+        out.append(MCQuestion(str(i), f"{TRUTHFULQA_PRIMER}Q: {row['question']}\nA:",
+                              list(targets), [int(v) for v in targets.values()]))
+    return subsample(out, limit)
+
+
+def load_truthfulqa_mc1(data_dir: Path, limit=None):
+    return _truthfulqa(data_dir, "mc1_targets", limit)
+
+
+def load_truthfulqa_mc2(data_dir: Path, limit=None):
+    return _truthfulqa(data_dir, "mc2_targets", limit)
+
+
+def _hellaswag_text(text: str) -> str:
+    # the dataset's own cleanup, as in lm-evaluation-harness: drop "[title]"-style tags and double spaces
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def load_hellaswag(data_dir: Path, limit=None) -> list[MCQuestion]:
+    folder = data_dir / "hellaswag"
+    file = folder / "hellaswag_val.jsonl"
+    if not file.is_file():
+        raise FileNotFoundError(f"no hellaswag_val.jsonl in {folder} (official rowanz/hellaswag data/ layout)")
+    out = []
+    for i, line in enumerate(file.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        context = _hellaswag_text(f"{row['activity_label']}: {row['ctx_a']} {row['ctx_b'].capitalize()}")
+        out.append(MCQuestion(str(row.get("ind", i)), context, [_hellaswag_text(e) for e in row["endings"]],
+                              [int(j == int(row["label"])) for j in range(len(row["endings"]))]))
+    return subsample(out, limit)
+
+
+LOADERS = {
+    "mmlu": load_mmlu,
+    "arc_easy": load_arc_easy,
+    "arc_challenge": load_arc_challenge,
+    "truthfulqa_mc1": load_truthfulqa_mc1,
+    "truthfulqa_mc2": load_truthfulqa_mc2,
+    "hellaswag": load_hellaswag,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scoring
 
 
 def split_tokens(tok, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -66,11 +226,12 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_tok
 
 
 def score_questions(model, tok, questions: list[MCQuestion], **kwargs) -> dict:
-    """acc (argmax log-likelihood), acc_norm (per character, as lm-eval), and mc2 (true-choice probability mass)."""
+    """acc (argmax log-likelihood), acc_norm (per character of the choice, as lm-eval), and mc2 (the probability
+    mass on the true choices)."""
     requests, owner = [], []
     for q, question in enumerate(questions):
         for choice in question.choices:
-            requests.append(split_tokens(tok, question.context, choice))
+            requests.append(split_tokens(tok, question.context, question.delimiter + choice))
             owner.append(q)
     lls = loglikelihoods(model, requests, **kwargs)
     per_question: list[list[float]] = [[] for _ in questions]
@@ -86,7 +247,7 @@ def score_questions(model, tok, questions: list[MCQuestion], **kwargs) -> dict:
         probs = [math.exp(x - top) for x in ll]
         mc2 += sum(p for p, label in zip(probs, question.labels) if label) / sum(probs)
     n = max(1, len(questions))
-    return {"acc": acc / n, "acc_norm": acc_norm / n, "mc2": mc2 / n, "n": len(questions)}
+    return {"acc": acc / n, "acc_norm": acc_norm / n, "mc2": mc2 / n, "n": len(questions), "kind": "retention"}
 
 
 # the score each benchmark is reported by (lm-evaluation-harness conventions); target tasks: "acc"
@@ -104,6 +265,48 @@ def markdown_table(rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def _signed(points: float) -> str:
+    return f"{round(points, 1) + 0.0:+.1f}"  # + 0.0: no "-0.0" from rounding noise
+
+
+def drop_table(runs: dict[str, dict], exclude=(), targets=None, extra_rows=()) -> str:
+    """The comparison table: each benchmark's score per run (in %), with each run's change from the first
+    run (the base) in brackets, and the average change over the retention benchmarks (target tasks and
+    `exclude` are shown but not averaged; `targets` names the target tasks, by default those whose results
+    say "kind": "target"). One sign everywhere: change = run - base, so forgetting is
+    negative (a paper's "average drop of 2.5" is -2.5 here). A benchmark some run lacks is shown as
+    missing and left out of every run's average, so that all runs average the same benchmarks."""
+    labels = list(runs)
+    names = list(dict.fromkeys(n for results in runs.values() for n in results))
+    rows = [["benchmark", labels[0], *labels[1:]]]
+    averaged, changes = [], {label: [] for label in labels[1:]}
+    for name in names:
+        present = {label: runs[label][name] for label in labels if name in runs[label]}
+        first = next(iter(present.values()))
+        kind = ("target" if name in targets else "retention") if targets is not None else first.get("kind", "retention")
+        retention = kind == "retention" and name not in exclude
+        cells = [f"{name} ({kind}, n={first['n']})"]
+        base = present.get(labels[0])
+        for label in labels:
+            if label not in present:
+                cells.append("missing")
+                continue
+            score = 100 * primary_score(name, present[label])
+            if label == labels[0] or base is None:
+                cells.append(f"{score:.1f}")
+            else:
+                cells.append(f"{score:.1f} ({_signed(score - 100 * primary_score(name, base))})")
+        rows.append(cells)
+        if retention and len(present) == len(labels):
+            averaged.append(name)
+            for label in labels[1:]:
+                changes[label].append(100 * (primary_score(name, runs[label][name]) - primary_score(name, base)))
+    rows.append([f"average change, retention ({len(averaged)})", "",
+                 *[_signed(sum(c) / len(c)) if c else "-" for c in changes.values()]])
+    rows += [list(r) for r in extra_rows]
+    return markdown_table(rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -130,7 +333,7 @@ def score_generations(model, tok, examples, predictions_path, verdicts_path, *, 
     verdicts = judges.judge_records({e.id: e for e in examples}, records, verdicts_path, nq_mode=nq_mode,
                                     progress=progress)
     n = max(1, len(examples))
-    result = {"acc": sum(v["correct"] for v in verdicts) / n, "n": len(examples),
+    result = {"acc": sum(v["correct"] for v in verdicts) / n, "n": len(examples), "kind": "target",
               "truncated": sum(r["finish_reason"] == "length" for r in records) / n}
     if examples and examples[0].task == "nq":  # report both NQ modes; the judge's mode is the score
         other = "exact" if nq_mode == "contains" else "contains"
@@ -146,16 +349,14 @@ def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, ba
 
     benchmarks: {name: list of Examples (target task, by generation) or of MCQuestions (log-likelihood)}.
     Generations and verdicts are kept beside out_path ({stem}.{name}.predictions.jsonl, ...), so an
-    interrupted target task resumes too. A file written with other settings is refused.
+    interrupted target task resumes too. Rerunning with other settings is refused ({stem}.settings.json).
     """
     out_path = Path(out_path)
-    settings = json.loads(json.dumps(settings))  # as it reads back: tuples become lists
-    saved = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    if saved and saved.get("settings") != settings:
-        raise ValueError(f"{out_path} holds results made with other settings ({saved.get('settings')}); "
-                         "use another output file")
-    results = saved.get("results", {})
     stem = out_path.with_suffix("")
+    # before anything is generated: the predictions beside out_path belong to these settings only
+    check_settings(f"{stem}.settings.json", settings, str(out_path))
+    saved = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    results = saved.get("results", {})
     for name, items in benchmarks.items():
         if name in results:
             continue

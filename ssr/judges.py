@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 from tqdm import tqdm
 
 from ssr import sandbox
-from ssr.jsonl import append_records, read_records
+from ssr.runfiles import append_records, read_records
 from ssr.tasks import Example
 
 NQ_MODES = ("contains", "exact")

@@ -19,19 +19,27 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ssr.checkpoint import mismatch_error
+from ssr.checkpoint import mismatch_error, open_safetensors, read_json
 from ssr.model import Linear, linear
 
-TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # what LoRA can wrap
 PEFT_PREFIX = "base_model.model."  # PEFT saves keys as base_model.model.<module path>.lora_A.weight
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.05
+    modules: tuple[str, ...] = ("q_proj", "v_proj")  # apply_lora's `targets`
 
 
 class LoRALinear(nn.Module):
@@ -78,9 +86,9 @@ def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16, dropout: float =
                targets=("q_proj", "v_proj")) -> nn.Module:
     """Put LoRA on every projection named in `targets` and freeze all other parameters, in place."""
     targets = tuple(targets)
-    unknown = sorted(set(targets) - set(TARGETS))
+    unknown = sorted(set(targets) - set(MODULES))
     if unknown or not targets:
-        raise ValueError(f"unknown LoRA target(s) {unknown or '(none given)'}; choose from {', '.join(TARGETS)}")
+        raise ValueError(f"unknown LoRA target(s) {unknown or '(none given)'}; choose from {', '.join(MODULES)}")
     if r < 1:
         raise ValueError(f"LoRA rank r must be >= 1, got {r}")
     if lora_modules(model):
@@ -139,7 +147,7 @@ def adapter_config(model: nn.Module) -> dict:
     source = getattr(model, "source_dir", None)
     return {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(source) if source else None,
-        "r": r, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": [t for t in TARGETS if t in present],
+        "r": r, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": [t for t in MODULES if t in present],
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "init_lora_weights": True,
         "inference_mode": True, "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None,
         "rank_pattern": {}, "alpha_pattern": {}, "revision": None,
@@ -164,7 +172,7 @@ def _read_config(folder: Path) -> dict:
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {folder} (expected a PEFT LoRA adapter folder)")
-    cfg = json.loads(path.read_text())
+    cfg = read_json(path, "adapter config")
     if cfg.get("peft_type") != "LORA":
         raise ValueError(f"{path}: peft_type={cfg.get('peft_type')!r}; only LORA adapters are supported")
     plain = (("bias", "none"), ("use_dora", False), ("use_rslora", False), ("fan_in_fan_out", False),
@@ -175,11 +183,11 @@ def _read_config(folder: Path) -> dict:
             raise ValueError(f"{path}: unsupported {key}={value!r} (this loader reads plain LoRA: {key}={default!r})")
     targets = cfg.get("target_modules")
     if targets == "all-linear":  # PEFT's shorthand: every linear layer but the output head
-        targets = list(TARGETS)
+        targets = list(MODULES)
     elif isinstance(targets, str):
-        targets = [targets] if targets in TARGETS else targets
-    if not isinstance(targets, list) or not set(targets) <= set(TARGETS):
-        raise ValueError(f"{path}: target_modules={targets!r} is not a list drawn from {', '.join(TARGETS)}")
+        targets = [targets] if targets in MODULES else targets
+    if not isinstance(targets, list) or not set(targets) <= set(MODULES):
+        raise ValueError(f"{path}: target_modules={targets!r} is not a list drawn from {', '.join(MODULES)}")
     cfg["target_modules"] = targets
     return cfg
 
@@ -204,7 +212,7 @@ def load_adapter(model: nn.Module, adapter_dir) -> nn.Module:
         expected[f"{PEFT_PREFIX}{name}.lora_A.weight"] = m.lora_A.weight
         expected[f"{PEFT_PREFIX}{name}.lora_B.weight"] = m.lora_B.weight
     problems, loaded = [], {}
-    with safe_open(folder / WEIGHTS_FILE, framework="pt", device="cpu") as f:
+    with open_safetensors(folder / WEIGHTS_FILE) as f:
         keys = set(f.keys())
         problems += [f"missing tensor {key}" for key in expected if key not in keys]
         for key in sorted(keys):

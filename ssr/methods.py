@@ -2,23 +2,39 @@
 
 - SFT:  the gold answer.
 - SSR:  the base model's own answer where the judge accepts it, else gold.
-- S3FT: the base model's own answer where accepted; else its paraphrase of the gold answer where
-        accepted; else gold.
+- S3FT: the base model's own answer where accepted; else, only for those, its paraphrase of the gold
+        answer where accepted; else gold.
 - SDFT: the base model's rewrite of the gold answer (distillation prompt) where accepted, else gold.
 
-Every function takes the task's examples plus the generations and verdicts read back from the
-run folder (dicts keyed by example id) and returns one `Target` per example, with its `source`.
-The trap avoided: a generation cut off at max_new_tokens can still contain a correct-looking
-answer; it never ends, so training on it would teach the model not to stop. Such generations are
-never targets, whatever the judge said.
+Each method is one function `method(examples, gold, answers) -> [Target]`. It asks `answers(mode,
+examples)` for the generations it needs; `cached_answers` makes that function for a run folder: it
+generates with the base model (adapters off, greedy), judges, and keeps both on disk, so a rerun
+resumes. `run_method` chains targets and LoRA training. In the run folder:
+
+    predict.jsonl, predict.verdicts.jsonl         the base model's answers (SSR, S3FT)
+    paraphrase.jsonl, paraphrase.verdicts.jsonl   its paraphrases of gold, where its answer failed (S3FT)
+    rewrite.jsonl, rewrite.verdicts.jsonl         its rewrites of gold (SDFT)
+    targets.jsonl                                 one record per example: id, messages, response, source
+
+The trap avoided: a generation cut off at max_new_tokens can still contain a correct-looking answer;
+it never ends, so training on it would teach the model not to stop. Such a generation is never a
+target, whatever the judge said; nor is an empty one.
 """
 from __future__ import annotations
 
 import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
-from ssr.tasks import Example
+import torch
+
+from ssr import judges, lora
+from ssr.runfiles import read_records, write_records
+from ssr.sampling import generate_records
+from ssr.tasks import TASKS, Example, gold_response, predict_messages
+from ssr.trainer import TrainConfig, encode, train
 
 METHODS = ("sft", "ssr", "s3ft", "sdft")
 SOURCES = ("gold", "self", "paraphrase", "rewrite")
@@ -31,56 +47,140 @@ class Target:
     source: str  # one of SOURCES
 
 
-def usable(generation: dict | None, verdict: dict | None) -> bool:
-    """A generation may become a target: it finished by itself, is not empty, and the judge accepted it."""
-    return (generation is not None and verdict is not None and bool(verdict["correct"])
-            and generation["finish_reason"] == "stop" and bool(generation["output"].strip()))
+@dataclass
+class Answer:
+    output: str  # what the base model wrote (for rewrites, after the prefill)
+    rejected: str | None  # why it may not be a target ("judge: mismatch", "cut at max_new_tokens"), None if it may
+
+
+Answers = Callable[[str, list[Example]], dict[str, Answer]]  # (mode, examples) -> {id: Answer}
+
+
+def accepted(answers: dict[str, Answer], id: str) -> bool:
+    return id in answers and answers[id].rejected is None
+
+
+def sft(examples: list[Example], gold: dict[str, str], answers: Answers) -> list[Target]:
+    return [Target(e.id, gold[e.id], "gold") for e in examples]
+
+
+def ssr(examples, gold, answers: Answers) -> list[Target]:
+    own = answers("predict", examples)
+    return [Target(e.id, own[e.id].output, "self") if accepted(own, e.id) else Target(e.id, gold[e.id], "gold")
+            for e in examples]
+
+
+def s3ft(examples, gold, answers: Answers) -> list[Target]:
+    own = answers("predict", examples)
+    paraphrased = answers("paraphrase", [e for e in examples if not accepted(own, e.id)])  # only where it failed
+    out = []
+    for e in examples:
+        if accepted(own, e.id):
+            out.append(Target(e.id, own[e.id].output, "self"))
+        elif accepted(paraphrased, e.id):
+            out.append(Target(e.id, paraphrased[e.id].output, "paraphrase"))
+        else:
+            out.append(Target(e.id, gold[e.id], "gold"))
+    return out
 
 
 # SDFT's own filter: a rewrite that talks about the reference it was shown is not in the model's own voice.
 MENTIONS_REFERENCE = re.compile(r"reference (answer|solution)", re.IGNORECASE)
 
 
-def sft(examples: list[Example], gold: dict[str, str]) -> list[Target]:
-    return [Target(e.id, gold[e.id], "gold") for e in examples]
+def sdft(examples, gold, answers: Answers) -> list[Target]:
+    rewrites = answers("rewrite", examples)
+    return [Target(e.id, rewrites[e.id].output, "rewrite")
+            if accepted(rewrites, e.id) and not MENTIONS_REFERENCE.search(rewrites[e.id].output)
+            else Target(e.id, gold[e.id], "gold") for e in examples]
 
 
-def ssr(examples, gold, predictions: dict, verdicts: dict) -> list[Target]:
-    out = []
-    for e in examples:
-        p = predictions.get(e.id)
-        if usable(p, verdicts.get(e.id)):
-            out.append(Target(e.id, p["output"], "self"))
-        else:
-            out.append(Target(e.id, gold[e.id], "gold"))
-    return out
-
-
-def s3ft(examples, gold, predictions: dict, verdicts: dict, paraphrases: dict,
-         paraphrase_verdicts: dict) -> list[Target]:
-    out = []
-    for e in examples:
-        p, q = predictions.get(e.id), paraphrases.get(e.id)
-        if usable(p, verdicts.get(e.id)):
-            out.append(Target(e.id, p["output"], "self"))
-        elif usable(q, paraphrase_verdicts.get(e.id)):
-            out.append(Target(e.id, q["output"], "paraphrase"))
-        else:
-            out.append(Target(e.id, gold[e.id], "gold"))
-    return out
-
-
-def sdft(examples, gold, rewrites: dict, rewrite_verdicts: dict) -> list[Target]:
-    out = []
-    for e in examples:
-        r = rewrites.get(e.id)
-        if usable(r, rewrite_verdicts.get(e.id)) and not MENTIONS_REFERENCE.search(r["output"]):
-            out.append(Target(e.id, r["output"], "rewrite"))
-        else:
-            out.append(Target(e.id, gold[e.id], "gold"))
-    return out
+CHOOSE = {"sft": sft, "ssr": ssr, "s3ft": s3ft, "sdft": sdft}
 
 
 def source_counts(targets: list[Target]) -> dict[str, int]:
     counts = Counter(t.source for t in targets)
     return {s: counts.get(s, 0) for s in SOURCES}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# generations and verdicts, cached in the run folder
+
+
+def rejection(generation: dict, verdict: dict) -> str | None:
+    """Why a judged generation may not be a target, or None if it may."""
+    if generation["finish_reason"] != "stop":
+        return "cut at max_new_tokens"
+    if not generation["output"].strip():
+        return "empty"
+    if not verdict["correct"]:
+        return f"judge: {verdict['kind']}"
+    return None
+
+
+def cached_answers(model, tok, run_dir, *, batch_size: int = 16, max_new_tokens: int = 512,
+                   workers: int | None = None, progress: bool = True) -> Answers:
+    """An `answers` function that generates with the base model (adapters off), judges, and keeps both in
+    run_dir/{mode}.jsonl and {mode}.verdicts.jsonl; each file resumes where a previous run stopped."""
+    run = Path(run_dir)
+
+    def answers(mode: str, examples: list[Example]) -> dict[str, Answer]:
+        if not examples:
+            return {}
+        with lora.disabled(model):
+            records = generate_records(model, tok, examples, mode, run / f"{mode}.jsonl", batch_size=batch_size,
+                                       max_new_tokens=max_new_tokens, progress=progress)
+        verdicts = judges.judge_records({e.id: e for e in examples}, records, run / f"{mode}.verdicts.jsonl",
+                                        workers=workers, progress=progress)
+        return {r["id"]: Answer(r["output"], rejection(r, v)) for r, v in zip(records, verdicts)}
+
+    return answers
+
+
+def build_targets(method: str, examples: list[Example], answers: Answers, run_dir) -> list[Target]:
+    """The training target of every example for this method, cached in run_dir/targets.jsonl."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    path = Path(run_dir) / "targets.jsonl"
+    cached = read_records(path)
+    if [r["id"] for r in cached] == [e.id for e in examples]:
+        return [Target(r["id"], r["response"], r["source"]) for r in cached]
+    if method != "sft" and examples[0].task not in TASKS:
+        raise ValueError(f"--method {method} needs a judge, which exists for tasks {', '.join(TASKS)}; "
+                         f"these examples are {examples[0].task!r} records (use --method sft)")
+    targets = CHOOSE[method](examples, {e.id: gold_response(e) for e in examples}, answers)
+    by_id = {e.id: e for e in examples}
+    write_records(path, ({"id": t.id, "messages": predict_messages(by_id[t.id]), "response": t.response,
+                          "source": t.source} for t in targets))
+    return targets
+
+
+def run_method(method: str, model, tok, examples: list[Example], run_dir, *, lora_settings: lora.LoraSettings,
+               train_config: TrainConfig, batch_size: int = 16, max_new_tokens: int = 512, max_len: int = 2048,
+               workers: int | None = None, progress: bool = True) -> Path:
+    """Targets, then LoRA training; returns the adapter folder. Whatever run_dir already holds is reused."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    answers = cached_answers(model, tok, run, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                             workers=workers, progress=progress)
+    targets = build_targets(method, examples, answers, run)
+    counts = source_counts(targets)
+    own = len(targets) - counts["gold"]
+    print(f"{method} targets: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v) +
+          f" ({100 * own / max(1, len(targets)):.0f}% generated by the model)")
+    adapter = run / "adapter"
+    if (adapter / "adapter_config.json").is_file():
+        print(f"{adapter} is already trained")
+        return adapter
+    by_id = {e.id: e for e in examples}
+    conversations = [predict_messages(by_id[t.id]) + [{"role": "assistant", "content": t.response}] for t in targets]
+    samples, cut = encode(tok, conversations, max_len, [t.source for t in targets])
+    if cut["truncated"] or cut["dropped"]:
+        print(f"{cut['truncated']} conversation(s) longer than {max_len} tokens were truncated; "
+              f"{cut['dropped']} left without any target token were dropped")
+    if not samples:
+        raise ValueError("no training conversation left")
+    torch.manual_seed(train_config.seed)  # LoRA's A matrices are drawn from it
+    lora.apply_lora(model, lora_settings.r, lora_settings.alpha, lora_settings.dropout, targets=lora_settings.modules)
+    train(model, samples, train_config, run, resume=True, progress=progress)
+    return adapter

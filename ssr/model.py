@@ -2,7 +2,7 @@
 
 One forward path serves training (whole sequences), prefill and decode (a few new tokens appended
 to the cache). Parameter names are the HF ones (`model.layers.0.self_attn.q_proj.weight`, ...) so
-checkpoints load by key. Traps avoided:
+checkpoints load by key; `ssr.checkpoint` translates an HF config.json into `ModelConfig`. Traps avoided:
 - HF checkpoints store q/k in the "rotate-half" RoPE layout (first half of each head paired with the
   second half), not interleaved pairs; `apply_rope` follows that layout.
 - Left-padded batches: a padding query whose keys are all masked makes SDPA return NaN, which then
@@ -11,40 +11,41 @@ checkpoints load by key. Traps avoided:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ssr.config import ModelConfig
 
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict = field(default_factory=dict)  # {"rope_type": "linear"|"llama3", "factor": ...}; {} = none
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False  # qwen2: q/k/v have biases, o does not
+    o_bias: bool = False  # llama's attention_bias puts a bias on q, k, v and o
+    mlp_bias: bool = False
+    # per layer: None = full causal attention, n = each query sees its last n keys (itself included)
+    layer_windows: list[int | None] = field(default_factory=list)
+    max_position_embeddings: int = 4096  # the context the model was trained for; prompts beyond it are refused
+    eos_token_id: int | list[int] | None = None  # the sampler's default stop
 
-def linear(x, weight, bias=None):
-    """x @ weight.T + bias, as F.linear, except for 1 to 8 rows of float32 on CPU (decoding).
-
-    Why: with the MKL build of PyTorch's CPU wheel, F.linear takes a slow path for a few rows;
-    weight @ x.T streams the weights faster (SmolLM2-135M decodes 1.4x faster at batch 4), and for
-    one row against a large matrix (the 49152-row lm_head) a product with the row twice is 3x faster
-    than the matrix-vector product (batch 1: 1.15x). From 16 rows on, and on CUDA, F.linear is as
-    fast or faster. Measured with bench/bench_generate.py.
-    """
-    rows = x.numel() // x.shape[-1]
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or rows > 8
-            or (rows == 1 and weight.numel() < 2**24)):
-        return F.linear(x, weight, bias)
-    flat = x.reshape(rows, x.shape[-1])  # (N, in)
-    if rows == 1:
-        flat = torch.cat([flat, flat])
-    y = (weight @ flat.T).T[:rows].reshape(*x.shape[:-1], weight.shape[0])  # (..., out)
-    return y if bias is None else y + bias
-
-
-class Linear(nn.Linear):
-    """nn.Linear (same parameters, same state-dict keys) that computes with `linear`."""
-
-    def forward(self, x):
-        return linear(x, self.weight, self.bias)
+    def __post_init__(self):
+        if not self.layer_windows:
+            self.layer_windows = [None] * self.num_hidden_layers
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_attention_heads={self.num_attention_heads} is not a multiple of "
+                             f"num_key_value_heads={self.num_key_value_heads}")
 
 
 class RMSNorm(nn.Module):
@@ -90,11 +91,13 @@ class KVCache:
 
     Rows are aligned by slot: slot j of every row was written by the same forward call. Left padding
     therefore lives in the cache as slots marked invalid; `next_pos` keeps each row's own RoPE position.
+    Only the methods below change the cache; the model calls `begin`, `write` and `advance` once per
+    forward, the sampler `rows`, `filled` and `keep`.
     """
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, dtype=torch.float32, device="cpu"):
         shape = (cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)  # (L, B, Hkv, S, D)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.valid = torch.zeros(batch_size, max_len, dtype=torch.bool, device=device)  # slot holds a real token
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)  # RoPE position of the next token
@@ -106,6 +109,49 @@ class KVCache:
     @property
     def max_len(self) -> int:
         return self.k.shape[3]
+
+    def begin(self, new_valid: torch.Tensor, masked: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Claim the next T slots for tokens marked by new_valid (B, T); returns the valid keys (B, S) and the
+        new tokens' positions (B, T). `masked`: the caller passed an attention mask, so padding may appear."""
+        T = new_valid.shape[1]
+        if self.length + T > self.max_len:
+            raise ValueError(f"KV cache overflow: {self.length} + {T} tokens > max_len {self.max_len}")
+        self.valid[:, self.length:self.length + T] = new_valid
+        valid = self.valid[:, :self.length + T]
+        if masked:
+            self.padded = not bool(valid.all())
+        return valid, self.next_pos[:, None] + new_valid.long().cumsum(1) - 1
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one layer's new keys and values (B, Hkv, T, D); returns all of that layer's so far (B, Hkv, S, D)."""
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, new_valid: torch.Tensor) -> None:
+        """The forward that began with `begin(new_valid)` has written every layer."""
+        self.length += new_valid.shape[1]
+        self.next_pos += new_valid.sum(1)
+
+    def rows(self, a: int, b: int, length: int) -> KVCache:
+        """A view of rows a:b (the same buffers) whose next write lands at slot `length`: the sampler prefills
+        shorter prompts right-aligned, each group of similar length through its own view."""
+        view = object.__new__(KVCache)
+        view.k, view.v = self.k[:, a:b], self.v[:, a:b]
+        view.valid, view.next_pos = self.valid[a:b], self.next_pos[a:b]
+        view.length, view.padded = length, False
+        return view
+
+    def filled(self, length: int) -> None:
+        """After prefilling through `rows` views: every row now ends at slot `length`."""
+        self.length = length
+        self.padded = not bool(self.valid[:, :length].all())  # groups shorter than `length` leave slots unwritten
+
+    def keep(self, keep: torch.Tensor) -> None:
+        """Shrink to the rows where keep (B,) is True; every row's slots stay where they were."""
+        self.k, self.v = self.k[:, keep], self.v[:, keep]
+        self.valid, self.next_pos = self.valid[keep], self.next_pos[keep]
 
 
 class Attention(nn.Module):
@@ -124,10 +170,7 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            end = cache.length + T
-            cache.k[layer, :, :, cache.length:end] = k
-            cache.v[layer, :, :, cache.length:end] = v
-            k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]  # (B, Hkv, S, D)
+            k, v = cache.write(layer, k, v)  # (B, Hkv, S, D)
         # mask is None only where plain causal attention is exact (see Transformer._masks)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                            enable_gqa=self.n_head != self.n_kv_head)  # (B, H, T, D)
@@ -231,22 +274,15 @@ class Transformer(nn.Module):
     def hidden_states(self, input_ids, *, attention_mask=None, positions=None, cache: KVCache | None = None):
         """input_ids (B, T) -> final normed hidden states (B, T, C), the input of lm_head.
 
-        Training calls this to apply lm_head only where the loss is taken (see ssr/loss.py).
+        The loss calls this to apply lm_head only where it scores a token (see ssr/trainer.py).
         """
         B, T = input_ids.shape
         new_valid = (torch.ones(B, T, dtype=torch.bool, device=input_ids.device) if attention_mask is None
                      else attention_mask.bool())
         if cache is not None:
-            if cache.length + T > cache.max_len:
-                raise ValueError(f"KV cache overflow: {cache.length} + {T} tokens > max_len {cache.max_len}")
-            start = cache.length
-            cache.valid[:, start:start + T] = new_valid
-            valid = cache.valid[:, :start + T]
-            if attention_mask is not None:
-                cache.padded = not bool(valid.all())
+            valid, cache_positions = cache.begin(new_valid, masked=attention_mask is not None)
             all_valid = not cache.padded
-            if positions is None:
-                positions = cache.next_pos[:, None] + new_valid.long().cumsum(1) - 1
+            positions = cache_positions if positions is None else positions
         else:
             valid = new_valid
             all_valid = attention_mask is None or bool(new_valid.all())
@@ -264,6 +300,35 @@ class Transformer(nn.Module):
             else:
                 x = block(x, cos, sin, mask, cache, i)
         if cache is not None:
-            cache.length += T
-            cache.next_pos += new_valid.sum(1)
+            cache.advance(new_valid)
         return self.model.norm(x)
+
+
+# --------------------------------------------------------------------------------------------------------
+# CPU decoding: a faster product for a few rows
+
+
+def linear(x, weight, bias=None):
+    """x @ weight.T + bias, as F.linear, except for 1 to 8 rows of float32 on CPU (decoding).
+
+    With the MKL build of PyTorch's CPU wheel, F.linear takes a slow path for a few rows; weight @ x.T
+    streams the weights faster, and for one row against a large matrix (an lm_head) a product with the
+    row twice beats the matrix-vector product. From 16 rows on, and on CUDA, F.linear is as fast or
+    faster (figures in docs/generate.md).
+    """
+    rows = x.numel() // x.shape[-1]
+    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or rows > 8
+            or (rows == 1 and weight.numel() < 2**24)):
+        return F.linear(x, weight, bias)
+    flat = x.reshape(rows, x.shape[-1])  # (N, in)
+    if rows == 1:
+        flat = torch.cat([flat, flat])
+    y = (weight @ flat.T).T[:rows].reshape(*x.shape[:-1], weight.shape[0])  # (..., out)
+    return y if bias is None else y + bias
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state-dict keys) that computes with `linear`."""
+
+    def forward(self, x):
+        return linear(x, self.weight, self.bias)

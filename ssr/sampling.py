@@ -8,18 +8,25 @@ every row has stopped or the budget is spent, and the cache is sized so that it 
 Rows that finish are dropped from the batch once half of them are done, so a long answer does not
 keep paying for its short neighbours.
 
-The trap avoided: batching must not change greedy output. Left padding with per-row positions and
+`generate_records` runs a task's examples through it into a resumable JSONL file, one record per example.
+
+Traps avoided: batching must not change greedy output. Left padding with per-row positions and
 masked padding keys keeps every row exact (ids equal to one-prompt-at-a-time decoding); right
-padding, shared positions or unmasked padding all give fluent, slightly different text.
+padding, shared positions or unmasked padding all give fluent, slightly different text. And records
+land in the order of generation, not of the task file, and a file may hold several modes: read
+them back by (id, mode), never by line number.
 """
 from __future__ import annotations
 
-import copy
+import time
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
+from ssr import tasks
 from ssr.model import KVCache, Transformer
+from ssr.runfiles import append_records, read_records
 
 
 @dataclass
@@ -143,7 +150,7 @@ def _complete_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, s
                 break
             if 2 * n_done >= len(live):  # drop finished rows: later steps cost only what is still running
                 keep = ~done
-                _keep_rows(cache, keep)
+                cache.keep(keep)
                 live, done, nxt = live[keep], done[keep], nxt[keep]
         logits = model(nxt[:, None], cache=cache, last_only=True)[:, -1]  # (b, V)
 
@@ -166,14 +173,9 @@ def _prefill(model, prompts, cache: KVCache) -> torch.Tensor:
     logits = []
     for a, b in _similar_length_runs([len(p) for p in prompts]):
         ids, mask = left_pad(prompts[a:b])  # (b - a, Tg); the padding id is never attended to
-        Tg = ids.shape[1]
-        rows = copy.copy(cache)  # the same buffers, seen through rows a:b (KVCache is a plain record)
-        rows.k, rows.v = cache.k[:, a:b], cache.v[:, a:b]
-        rows.valid, rows.next_pos = cache.valid[a:b], cache.next_pos[a:b]
-        rows.length = T - Tg
+        rows = cache.rows(a, b, length=T - ids.shape[1])
         logits.append(model(ids.to(device), attention_mask=mask.to(device), cache=rows, last_only=True)[:, -1])
-    cache.length = T
-    cache.padded = not bool(cache.valid[:, :T].all())  # groups shorter than T leave slots unwritten
+    cache.filled(T)
     return torch.cat(logits)
 
 
@@ -191,12 +193,6 @@ def _similar_length_runs(lengths: list[int], slack: int = 32) -> list[tuple[int,
     return runs
 
 
-def _keep_rows(cache: KVCache, keep: torch.Tensor) -> None:
-    """Shrink the cache to the rows where keep (b,) is True; every row's slots stay where they were."""
-    cache.k, cache.v = cache.k[:, keep], cache.v[:, keep]
-    cache.valid, cache.next_pos = cache.valid[keep], cache.next_pos[keep]
-
-
 def _stop_string_hits(tokens, live, done, t, tokenizer, stop_strings, string_end) -> torch.Tensor:
     """(b,) bool: rows whose text has just completed a stop string; records where each one ends."""
     window = max(len(s) for s in stop_strings) + 8  # tokens; a token decodes to at least one character
@@ -207,3 +203,78 @@ def _stop_string_hits(tokens, live, done, t, tokenizer, stop_strings, string_end
             hits[b] = True
             string_end[int(live[b])] = t + 1
     return hits
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a task's examples -> generation records (JSONL, resumable)
+#
+# One record per example: {"id", "mode", "messages", "output", "finish_reason", "prompt_tokens",
+# "output_tokens"}, plus "prefix" in rewrite mode (the prefill; "output" is only its continuation).
+# The work is sorted by prompt length, longest first, so each batch holds prompts of similar length and
+# running out of memory happens at once, not hours in; each finished batch is appended as whole lines,
+# so a killed run loses at most the batch in flight, and a rerun skips the (id, mode) pairs it holds.
+
+
+def prompt_ids(tok, prompt: tasks.Prompt) -> list[int]:
+    """Token ids of the prompt, ending with the generation prompt, or with the prefill when there is one.
+
+    A prefill is never encoded on its own and appended: SentencePiece puts a "▁" at the start of every
+    separately encoded piece, and each template joins the assistant text differently, so the conversation
+    is rendered with the prefill as the assistant turn, cut right after it, and encoded once.
+    """
+    if not prompt.prefix:
+        return tok.apply_chat_template(prompt.messages, add_generation_prompt=True)
+    text = tok.render_chat(prompt.messages + [{"role": "assistant", "content": prompt.prefix}])
+    end = text.rindex(prompt.prefix) + len(prompt.prefix)  # what follows is the template's end-of-turn
+    return tok.encode(text[:end])
+
+
+def generate_records(model, tok, examples: list[tasks.Example], mode: str, out_path, *, batch_size: int = 16,
+                     max_new_tokens: int = 512, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                     seed: int | None = None, stop_strings=(), progress: bool = True) -> list[dict]:
+    """Generate what `out_path` lacks for these examples in this mode; returns their records in example order.
+
+    The model is used as given: to generate with the base model of a LoRA model, call this inside
+    `lora.disabled(model)`. Greedy by default, as the methods want for their targets.
+    """
+    if mode not in tasks.MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(tasks.MODES)}")
+    done = {(r["id"], r.get("mode")) for r in read_records(out_path)}
+    todo = []  # (prompt ids, example, prompt)
+    for ex in examples:
+        if (ex.id, mode) not in done:
+            prompt = tasks.build_prompt(ex, mode)
+            todo.append((prompt_ids(tok, prompt), ex, prompt))
+    todo.sort(key=lambda item: -len(item[0]))
+
+    device = model.lm_head.weight.device
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    new_tokens, start = 0, time.perf_counter()
+    with tqdm(total=len(todo), desc=mode, unit="ex", disable=not progress) as bar:
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i:i + batch_size]
+            completions = complete(model, [ids for ids, _, _ in batch], max_new_tokens, temperature, top_k, top_p,
+                                   tok.stop_ids, generator=generator, stop_strings=stop_strings, tokenizer=tok)
+            append_records(out_path, [_record(tok, mode, ids, ex, prompt, c, stop_strings)
+                                      for (ids, ex, prompt), c in zip(batch, completions)])
+            new_tokens += sum(len(c.tokens) for c in completions)
+            bar.update(len(batch))
+            bar.set_postfix_str(f"{new_tokens / (time.perf_counter() - start):.1f} tok/s")
+
+    wanted = {ex.id for ex in examples}
+    by_id = {r["id"]: r for r in read_records(out_path) if r.get("mode") == mode and r["id"] in wanted}
+    return [by_id[ex.id] for ex in examples]
+
+
+def _record(tok, mode, ids, ex, prompt, completion, stop_strings) -> dict:
+    output = tok.decode(completion.tokens)
+    if stop_strings:
+        output = cut_at(output, stop_strings)
+    if prompt.prefix:
+        output = output.lstrip()  # the continuation of "...step by step." starts with a space or a newline
+    record = {"id": ex.id, "mode": mode, "messages": prompt.messages, "output": output,
+              "finish_reason": completion.finish_reason, "prompt_tokens": len(ids),
+              "output_tokens": len(completion.tokens)}
+    if mode == "rewrite":
+        record["prefix"] = prompt.prefix
+    return record

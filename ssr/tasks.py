@@ -1,14 +1,29 @@
-"""Task files: GSM8K, MBPP and NQ-open in their official JSONL formats, plus generic chat records.
+"""Tasks: GSM8K, MBPP and NQ-open files in their official JSONL formats, generic chat records, and the
+prompt of every task and mode.
 
 Every loader returns `Example`s with a stable `id`, so that generation, judging and training can be
-resumed and joined by id. The trap avoided: GSM8K and NQ-open lines carry no id, so the id is the
-line's position in its file; never reorder or filter a task file in place between the steps of a run.
+resumed and joined by id. GSM8K and NQ-open lines carry no id, so the id is the line's position in its
+file: never reorder or filter a task file in place between the steps of a run.
+
+The prompts, one per task and mode:
+- predict (SSR, S3FT): the task as a user asks it. This is also the prompt to train on, so that a
+  self-generated target answers exactly the prompt it is trained with.
+- paraphrase (S3FT): the task and its gold answer; the model restates the gold answer in its own
+  words, keeping its final result (same number, same function, same short answer).
+- rewrite (SDFT): the distillation templates of SDFT's code (sail-sg/sdft, template.py):
+  `gsm8k_distill` for GSM8K, with the assistant turn pre-filled "Great! Let's think step by step.";
+  `alpaca_distill_refer` for the other tasks, as the code does for its other data sets. The output
+  is the continuation of the prefill; the prefill is not part of the target.
+Instructions go in the user turn, never in a system message: the original Mistral template has no
+system role. Chat records keep their own earlier turns and system message.
 """
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ssr.runfiles import read_records
 
 TASKS = ("gsm8k", "mbpp", "nq")
 
@@ -23,20 +38,6 @@ class Example:
     tests: list[str] = field(default_factory=list)  # MBPP asserts
     setup: str = ""  # MBPP test_setup_code
     messages: list[dict] | None = None  # generic records: the conversation, gold turn excluded
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Read a JSONL file; a malformed line fails with the file name and line number."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    return rows
 
 
 def detect_task(row: dict) -> str:
@@ -95,7 +96,7 @@ def load_task(path: str | Path, task: str | None = None, limit: int | None = Non
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"task file not found: {path}")
-    rows = read_jsonl(path)
+    rows = read_records(path, partial_tail=False)
     if not rows:
         raise ValueError(f"{path}: no records")
     task = task or detect_task(rows[0])
@@ -105,3 +106,106 @@ def load_task(path: str | Path, task: str | None = None, limit: int | None = Non
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: duplicate ids")
     return examples
+
+
+# ---------------------------------------------------------------------------------------------------
+# prompts
+
+MODES = ("predict", "paraphrase", "rewrite")
+
+# ---------------------------------------------------------------------------------------------------
+# predict: {question} is the task text; for MBPP {tests} are its asserts, one per line (as in the MBPP
+# paper's prompt, which is what names the function). Chat records are sent as they are.
+
+PREDICT = {
+    "gsm8k": "{question}\n\nSolve the problem step by step. End with a final line of the form "
+             "\"The answer is N.\", where N is the final number.",
+    "mbpp": "You are an expert Python programmer, and here is your task: {question} "
+            "Your code should pass these tests:\n\n{tests}\n\nWrite the function in a ```python code block.",
+    "nq": "Answer the question with a short answer (a few words), without explanation.\n\nQuestion: {question}",
+}
+
+# ---------------------------------------------------------------------------------------------------
+# paraphrase (S3FT): {question} is the task text (for chat records, the last user turn), {gold} the
+# gold answer; MBPP shows its tests again, since they fix the function's name.
+
+PARAPHRASE = {
+    "gsm8k": "Here is a math problem and a correct solution to it.\n\nProblem:\n{question}\n\nSolution:\n{gold}\n\n"
+             "Rewrite the solution in your own words, explaining each step, with the same final answer. "
+             "End with a final line of the form \"The answer is N.\"",
+    "mbpp": "Here is a programming task and a correct solution to it.\n\nTask:\n{question}\n\n"
+            "Solution:\n```python\n{gold}\n```\n\nRewrite the solution in your own words and style, in a "
+            "```python code block. Keep the function's name and arguments, so that it still passes these "
+            "tests:\n\n{tests}",
+    "nq": "Here is a question and its correct answer.\n\nQuestion: {question}\nCorrect answer: {gold}\n\n"
+          "Answer the question in your own words, with a short answer that keeps this answer.",
+    "chat": "Here is a request and a correct response to it.\n\nRequest:\n{question}\n\nResponse:\n{gold}\n\n"
+            "Rewrite the response in your own words, keeping everything it says and its final result. "
+            "Reply with the rewritten response only.",
+}
+
+# ---------------------------------------------------------------------------------------------------
+# rewrite (SDFT): the template's system prompt opens the user turn; {prompt} is the predict prompt's
+# user text (SDFT shows the very query it trains on), {gold} the gold answer.
+
+REWRITE = {
+    "gsm8k": "You are an expert in math. Below are a math question and its reference answer. Refer to the "
+             "reference answer and write a response that appropriately answers the question.\n\n{prompt}\n\n{gold}",
+    "other": "Below are an instruction that describes a task along with a reference answer. Refer to the "
+             "reference answer and write your own response.\n\n### Instruction:\n{prompt}\n\n"
+             "### Reference Answer:\n{gold}\n\n### Response:\n",
+}
+REWRITE_PREFIX = {"gsm8k": "Great! Let's think step by step."}  # other tasks: no prefill
+
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prompt:
+    messages: list[dict]  # the conversation up to the assistant turn
+    prefix: str = ""  # the assistant turn's forced start (SDFT rewrite); the output continues it
+
+
+def build_prompt(example: Example, mode: str) -> Prompt:
+    """The prompt of one example in one mode."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    asked = predict_messages(example)
+    if mode == "predict":
+        return Prompt(asked)
+    task = example.task
+    fields = dict(question=example.question.strip(), tests="\n".join(example.tests), prompt=asked[-1]["content"],
+                  gold=clean_gold(example))
+    if mode == "paraphrase":
+        text = PARAPHRASE[task].format(**fields)
+        return Prompt(asked[:-1] + [{"role": "user", "content": text}])
+    text = REWRITE.get(task, REWRITE["other"]).format(**fields)
+    return Prompt(asked[:-1] + [{"role": "user", "content": text}], REWRITE_PREFIX.get(task, ""))
+
+
+def predict_messages(example: Example) -> list[dict]:
+    """The task as a user asks it: the prompt of predict mode, and of training."""
+    if example.task == "chat":
+        if not example.messages or example.messages[-1]["role"] != "user":
+            raise ValueError(f"chat example {example.id}: the prompt must end with a user turn")
+        return list(example.messages)
+    text = PREDICT[example.task].format(question=example.question.strip(), tests="\n".join(example.tests))
+    return [{"role": "user", "content": text}]
+
+
+def clean_gold(example: Example) -> str:
+    """The gold answer as shown to the model: GSM8K's <<48/2=24>> calculator notes removed, MBPP's CRLFs undone."""
+    if example.task == "gsm8k":
+        return re.sub(r"<<[^<>]*>>", "", example.gold).strip()
+    return example.gold.replace("\r\n", "\n").strip()
+
+
+def gold_response(example: Example) -> str:
+    """The gold answer as a training target (SFT, and every method's fallback), in the predict prompt's form.
+
+    GSM8K keeps the dataset's worked solution ending in "#### N"; MBPP's code goes in the ```python
+    block the prompt asks for; NQ answers with its first alias.
+    """
+    if example.task == "mbpp":
+        return f"```python\n{clean_gold(example)}\n```"
+    return clean_gold(example)

@@ -1,31 +1,151 @@
-"""Tokenizer: tokenizer.json through the `tokenizers` library, special ids, and chat templates with masks.
+"""Tokenizer and chat templates: tokenizer.json through the `tokenizers` library, special ids, and each
+model family's chat format written out by hand, with the mask of the tokens training supervises.
 
 Special ids are gathered from tokenizer_config.json, special_tokens_map.json, generation_config.json
 and config.json, in that order of precedence; every eos id any of them names becomes a stop id.
-The trap avoided: transformers (>= 5) does not run a Llama SentencePiece tokenizer.json as written.
-It rebuilds the pre-tokenizer from `legacy` and `add_prefix_space` in tokenizer_config.json, which
-changes the token after every special token ("<s>[INST]" -> "[" when legacy is false, "▁[" when
-true). We rebuild it the same way, so chat-formatted ids equal the reference ids.
+A template renders a conversation as (text, supervised) segments; the joined text is encoded once and
+supervision is mapped back to tokens through character offsets. Traps avoided:
+- encoding each piece separately and concatenating ids does not give the reference ids for
+  SentencePiece vocabularies (a leading "▁" appears at every seam), so masks built that way drift;
+- transformers (>= 5) does not run a Llama SentencePiece tokenizer.json as written. It rebuilds the
+  pre-tokenizer from `legacy` and `add_prefix_space` in tokenizer_config.json, which changes the token
+  after every special token ("<s>[INST]" -> "[" when legacy is false, "▁[" when true). We rebuild it the
+  same way, so chat-formatted ids equal the reference ids.
 """
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, pre_tokenizers
 
-from ssr import chat
-from ssr.checkpoint import resolve_model_dir
+from ssr.checkpoint import read_json, resolve_model_dir
+
+# ---------------------------------------------------------------------------------------------------------
+# chat templates
+
+Segments = list[tuple[str, bool]]  # (text, supervised); joined, they are the rendered conversation
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg})") from None
+def _check(messages: list[dict]) -> None:
+    if not messages:
+        raise ValueError("empty conversation")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"message {i}: unsupported role {m['role']!r} (system, user, assistant)")
+
+
+def _split_system(messages: list[dict]) -> tuple[str | None, list[dict]]:
+    if messages[0]["role"] == "system":
+        return messages[0]["content"], messages[1:]
+    return None, messages
+
+
+def _alternating(messages: list[dict], template: str) -> None:
+    for i, m in enumerate(messages):
+        if m["role"] != ("user" if i % 2 == 0 else "assistant"):
+            raise ValueError(f"{template} template: after the optional system message, roles must alternate "
+                             f"user/assistant/user/...; message {i} is {m['role']!r}")
+
+
+def chatml(messages, add_generation_prompt, default_system=None, **_) -> Segments:
+    # <|im_start|>role\ncontent<|im_end|>\n ; the model's default system prompt when none is given
+    out: Segments = []
+    if messages[0]["role"] != "system" and default_system is not None:
+        out.append((f"<|im_start|>system\n{default_system}<|im_end|>\n", False))
+    for m in messages:
+        if m["role"] == "assistant":
+            out += [("<|im_start|>assistant\n", False), (m["content"] + "<|im_end|>", True), ("\n", False)]
+        else:
+            out.append((f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n", False))
+    if add_generation_prompt:
+        out.append(("<|im_start|>assistant\n", False))
+    return out
+
+
+def llama2(messages, add_generation_prompt, bos="<s>", eos="</s>", **_) -> Segments:
+    # <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s><s>[INST] ...
+    # The template has no generation prompt: the prompt already ends with " [/INST]".
+    system, turns = _split_system(messages)
+    _alternating(turns, "llama2")
+    out: Segments = []
+    for i, m in enumerate(turns):
+        content = m["content"]
+        if m["role"] == "user":
+            if i == 0 and system is not None:
+                content = f"<<SYS>>\n{system}\n<</SYS>>\n\n{content}"
+            out.append((f"{bos}[INST] {content.strip()} [/INST]", False))
+        else:
+            out.append((f" {content.strip()} {eos}", True))
+    return out
+
+
+def mistral(messages, add_generation_prompt, bos="<s>", eos="</s>", **_) -> Segments:
+    # Original Mistral-7B-Instruct-v0.2 template: <s>[INST] {user} [/INST]{assistant}</s>[INST] ...
+    if messages[0]["role"] == "system":
+        raise ValueError("the original mistral template has no system role; use chat_template='mistral-2024', "
+                         "which folds a system message into the first user turn")
+    _alternating(messages, "mistral")
+    out: Segments = [(bos, False)]
+    for m in messages:
+        if m["role"] == "user":
+            out.append((f"[INST] {m['content']} [/INST]", False))
+        else:
+            out.append((m["content"] + eos, True))
+    return out
+
+
+def mistral_2024(messages, add_generation_prompt, bos="<s>", eos="</s>", **_) -> Segments:
+    # The template Mistral checkpoints carry since 2024: <s> [INST] {system}\n\n{user} [/INST] {assistant}</s> ...
+    system, turns = _split_system(messages)
+    _alternating(turns, "mistral-2024")
+    out: Segments = [(bos, False)]
+    for i, m in enumerate(turns):
+        if m["role"] == "user":
+            content = f"{system}\n\n{m['content']}" if i == 0 and system is not None else m["content"]
+            out.append((f" [INST] {content} [/INST]", False))
+        else:
+            out += [(" ", False), (m["content"] + eos, True)]
+    return out
+
+
+RENDER = {"chatml": chatml, "llama2": llama2, "mistral": mistral, "mistral-2024": mistral_2024}
+TEMPLATES = tuple(RENDER)
+
+
+def render_template(template: str, messages: list[dict], add_generation_prompt: bool = False, **tokens) -> Segments:
+    """Render a conversation with a named template; `tokens` gives bos, eos and default_system."""
+    if template not in RENDER:
+        raise ValueError(f"unknown chat template {template!r}; choose one of {', '.join(TEMPLATES)}")
+    _check(messages)
+    return RENDER[template](messages, add_generation_prompt, **tokens)
+
+
+def detect_template(jinja: str | None) -> tuple[str | None, str | None]:
+    """Name the hand-written template that a checkpoint's Jinja chat_template corresponds to.
+
+    Returns (name, default_system_prompt); name is None when the text is not recognised.
+    """
+    if not jinja:
+        return None, None
+    if "<|im_start|>" in jinja:
+        # The default system prompt is the literal between "<|im_start|>system\n" and "<|im_end|>"; the
+        # newline is a "\n" escape in some templates' string literals (Qwen2.5), a real one in others (SmolLM2).
+        m = re.search(r"<\|im_start\|>system(?:\\n|\n)([^'\"{}<]+?)<\|im_end\|>", jinja)
+        default = m.group(1).replace("\\n", "\n").replace("\\'", "'") if m else None
+        return "chatml", default
+    if "<<SYS>>" in jinja:
+        return "llama2", None
+    if "[INST]" in jinja:
+        return ("mistral-2024" if "' [INST] '" in jinja else "mistral"), None
+    return None, None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the tokenizer
 
 
 def _token_text(value) -> str | None:
@@ -80,8 +200,8 @@ class Tokenizer:
     def _segments(self, messages, add_generation_prompt):
         if self.chat_template is None:
             raise ValueError(f"{self.source} has no chat template this project recognises; pass "
-                             f"chat_template= one of {', '.join(chat.TEMPLATES)} to load_tokenizer")
-        return chat.render(self.chat_template, messages, add_generation_prompt,
+                             f"chat_template= one of {', '.join(TEMPLATES)} to load_tokenizer")
+        return render_template(self.chat_template, messages, add_generation_prompt,
                            bos=self.tk.id_to_token(self.bos_id) if self.bos_id is not None else "",
                            eos=self.tk.id_to_token(self.eos_id) if self.eos_id is not None else "",
                            default_system=self.default_system)
@@ -136,11 +256,14 @@ def load_tokenizer(path_or_name, chat_template: str | None = None) -> Tokenizer:
     tok_file = folder / "tokenizer.json"
     if not tok_file.is_file():
         raise FileNotFoundError(f"no tokenizer.json in {folder}")
-    tk = _HFTokenizer.from_file(str(tok_file))
-    cfg = _read_json(folder / "tokenizer_config.json")
-    special = _read_json(folder / "special_tokens_map.json")
-    gen = _read_json(folder / "generation_config.json")
-    model_cfg = _read_json(folder / "config.json")
+    try:
+        tk = _HFTokenizer.from_file(str(tok_file))
+    except Exception as e:  # the tokenizers library's message does not name the file
+        raise ValueError(f"{tok_file}: not a readable tokenizer.json ({e})") from None
+    cfg = read_json(folder / "tokenizer_config.json")
+    special = read_json(folder / "special_tokens_map.json")
+    gen = read_json(folder / "generation_config.json")
+    model_cfg = read_json(folder / "config.json")
 
     is_llama = cfg.get("tokenizer_class") in ("LlamaTokenizer", "LlamaTokenizerFast")
     if is_llama and '"ByteLevel"' not in tok_file.read_text(encoding="utf-8"):  # a SentencePiece Llama
@@ -168,9 +291,9 @@ def load_tokenizer(path_or_name, chat_template: str | None = None) -> Tokenizer:
     template = cfg.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
-    detected, default_system = chat.detect(template)
-    if chat_template is not None and chat_template not in chat.TEMPLATES:
-        raise ValueError(f"unknown chat template {chat_template!r}; choose one of {', '.join(chat.TEMPLATES)}")
+    detected, default_system = detect_template(template)
+    if chat_template is not None and chat_template not in TEMPLATES:
+        raise ValueError(f"unknown chat template {chat_template!r}; choose one of {', '.join(TEMPLATES)}")
     return Tokenizer(tk, bos_id=special_id("bos"), eos_id=eos_id, stop_ids=stop_ids, pad_id=special_id("pad"),
                      add_bos=cfg.get("add_bos_token", is_llama),
                      chat_template=chat_template or detected,

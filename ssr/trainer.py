@@ -1,14 +1,18 @@
-"""The LoRA training loop: AdamW on the adapters, warmup then cosine, accumulation, checkpoints, exact resume.
+"""LoRA training: the loss, batches, and a loop with accumulation, checkpoints and exact resume.
 
-One optimizer step takes `grad_accum` micro-batches (ssr/data.py packs them by token budget). The
-whole run's plan, which samples go into which micro-batch of which step, is a pure function of the
-sample lengths and the seed, so the step number alone says where the data stands; the learning rate
-is a pure function of the step too. A checkpoint holds the adapter (PEFT format), AdamW's state and
-every RNG state (LoRA dropout draws from torch's), and is swapped in atomically.
-The trap avoided: a resumed run that silently differs from an uninterrupted one. Everything that
-decides the next step is restored, the metrics file is cut back to the checkpoint's step, and a
-resume with other data or other hyperparameters is refused, so killing and resuming a run ends
-with the same adapter as never stopping.
+Read it top to bottom: `TrainConfig`; `loss`, the one function to edit to change what training
+optimises (docs/loss.md has worked variants); the data, conversations -> (ids, mask, source) ->
+micro-batches by token budget; `train_step`; `train`; checkpoints.
+
+One optimizer step takes `grad_accum` micro-batches. The whole run's plan, which samples go into
+which micro-batch of which step, is a pure function of the sample lengths and the seed, so the step
+number alone says where the data stand; the learning rate is a pure function of the step too. A
+checkpoint holds the adapter (PEFT format), AdamW's state and torch's RNG (LoRA dropout draws from
+it), and is swapped in atomically. Traps avoided: with gradient accumulation, averaging each
+micro-batch on its own weights a token of a short answer more than a token of a long one, so the
+loss is divided by the supervised tokens of the whole step; and a resumed run that silently differs
+from an uninterrupted one: everything that decides the next step is restored, the metrics file is cut
+back to the checkpoint's step, and a resume with other data or settings is refused.
 
 Outputs under out_dir: metrics.jsonl (one line a step), checkpoint/ (the latest), adapter/ (the final one).
 """
@@ -17,22 +21,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import signal
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from ssr import lora
-from ssr.data import Sample, collate, epoch_batches
-from ssr.jsonl import atomic_dir, read_records, write_records
-from ssr.loss import masked_cross_entropy
+from ssr.runfiles import atomic_dir, check_settings, read_records, write_records
 
 
 @dataclass
@@ -55,15 +55,104 @@ class TrainConfig:
 RESUMABLE_CHANGES = ("save_every", "checkpointing")  # config fields a resumed run may change
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
+# ---------------------------------------------------------------------------------------------------------
+# the loss
 
 
-def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over the LoRA matrices only: the base model is frozen and never handed to the optimizer."""
-    return torch.optim.AdamW(lora.lora_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T) right-padded token ids
+    loss_mask: torch.Tensor  # (B, T) 1 where the token is a target: the response and its end-of-turn token
+    sources: list[str] = field(default_factory=list)  # per row, where its response came from: gold, self, ...
+
+
+def loss(model, batch: Batch, n_tokens: int) -> torch.Tensor:
+    """Summed cross-entropy of the supervised tokens, divided by n_tokens: the supervised tokens of the whole
+    optimizer step (all its micro-batches), so that k micro-batches give the gradient of one big batch.
+
+    Position t predicts token t + 1, so the hidden state *before* each supervised token is scored, and
+    lm_head runs only on those rows: the prompt and padding never cost a (T, vocab) logits tensor.
+    Right padding needs no attention mask: a real token never sees the padding after it.
+    """
+    hidden = model.hidden_states(batch.input_ids)  # (B, T, C)
+    keep = batch.loss_mask[:, 1:].bool()  # (B, T-1): is token t+1 supervised
+    logits = model.lm_head(hidden[:, :-1][keep]).float()  # (N, V), in float32 whatever the weights' dtype
+    targets = batch.input_ids[:, 1:][keep]  # (N,)
+    return F.cross_entropy(logits, targets, reduction="sum") / n_tokens
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data: conversations -> samples -> micro-batches
+#
+# A micro-batch holds at most `micro_batch` sequences and `batch_tokens` tokens counted after padding
+# (rows x longest row). Batches are length-grouped: the epoch's shuffled order is cut into windows, each
+# window is sorted by length and packed, then the batches are shuffled again, so rows of one batch have
+# similar lengths (little padding) while the order of the data stays random. Sorting the whole data set
+# by length instead would feed all short answers first and all long ones last, a biased gradient.
+
+GROUP_WINDOW = 64  # batches' worth of examples sorted together by length
+
+
+@dataclass
+class Sample:
+    ids: list[int]
+    mask: list[int]  # 1 where the token is a target: every assistant token and the end-of-turn token after it
+    source: str = "gold"  # where the response came from (see ssr.methods.SOURCES)
+
+
+def encode(tok, conversations: list[list[dict]], max_len: int, sources: list[str] | None = None
+           ) -> tuple[list[Sample], dict]:
+    """Tokenise conversations with the chat template; returns the samples and counts of what was cut.
+
+    A conversation longer than max_len is truncated from the right; one that keeps no supervised
+    token is dropped.
+    """
+    samples, truncated, dropped = [], 0, 0
+    for i, messages in enumerate(conversations):
+        ids, mask = tok.apply_chat_template(messages, return_mask=True)
+        if len(ids) > max_len:
+            ids, mask, truncated = ids[:max_len], mask[:max_len], truncated + 1
+        if sum(mask[1:]) == 0:  # the first token is never a target: nothing predicts it
+            dropped += 1
+            continue
+        samples.append(Sample(ids, mask, sources[i] if sources else "gold"))
+    return samples, {"truncated": truncated, "dropped": dropped}
+
+
+def epoch_batches(lengths: list[int], batch_tokens: int, max_seqs: int, seed: int, epoch: int) -> list[list[int]]:
+    """One epoch's micro-batches as lists of sample indices; a pure function of (lengths, seed, epoch)."""
+    if max(lengths) > batch_tokens:
+        raise ValueError(f"a sample has {max(lengths)} tokens, more than batch_tokens={batch_tokens}: "
+                         "raise batch_tokens or lower max_len")
+    rng = random.Random(f"{seed}/{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    window = GROUP_WINDOW * max_seqs
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start:start + window], key=lambda i: lengths[i], reverse=True)
+        batch, longest = [], 0
+        for i in chunk:
+            if batch and (len(batch) == max_seqs or (len(batch) + 1) * max(longest, lengths[i]) > batch_tokens):
+                batches.append(batch)
+                batch, longest = [], 0
+            batch.append(i)
+            longest = max(longest, lengths[i])
+        batches.append(batch)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(samples: list[Sample], device="cpu", pad_id: int = 0) -> Batch:
+    """Right-pad to the longest sample. The pad id does not matter: no real token attends to a pad, and no
+    pad is scored."""
+    T = max(len(s.ids) for s in samples)
+    ids = torch.full((len(samples), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(samples), T, dtype=torch.long)
+    for row, s in enumerate(samples):
+        ids[row, :len(s.ids)] = torch.tensor(s.ids)
+        mask[row, :len(s.mask)] = torch.tensor(s.mask)
+    return Batch(ids.to(device), mask.to(device), [s.source for s in samples])
 
 
 def make_plan(lengths: list[int], cfg: TrainConfig) -> list[tuple[int, list[list[int]]]]:
@@ -75,6 +164,15 @@ def make_plan(lengths: list[int], cfg: TrainConfig) -> list[tuple[int, list[list
     return plan
 
 
+# ---------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the LoRA matrices only: the base model is frozen and never handed to the optimizer."""
+    return torch.optim.AdamW(lora.lora_parameters(model), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     """Linear warmup to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio. `step` counts from 0."""
     warmup = round(cfg.warmup * total)
@@ -84,28 +182,27 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train_step(model, opt, batches, lr: float, max_grad_norm: float, amp=nullcontext()) -> dict:
-    """One optimizer step over micro-batches [(input_ids, loss_mask)]; raises FloatingPointError before
-    applying a step whose loss or gradient is not finite."""
-    n_tokens = sum(int(mask[:, 1:].sum()) for _, mask in batches)  # the window's normaliser, before any backward
-    loss = 0.0
-    for ids, mask in batches:
+def train_step(model, opt, batches: list[Batch], lr: float, max_grad_norm: float, amp=nullcontext()) -> dict:
+    """One optimizer step over micro-batches; raises FloatingPointError before applying a step whose loss or
+    gradient is not finite."""
+    n_tokens = sum(int(b.loss_mask[:, 1:].sum()) for b in batches)  # the step's normaliser, before any backward
+    total = 0.0
+    for batch in batches:
         with amp:
-            hidden = model.hidden_states(ids)  # (B, T, C); right padding needs no attention mask
-            micro = masked_cross_entropy(hidden, model.lm_head, ids, mask, n_tokens)
+            micro = loss(model, batch, n_tokens)
         micro.backward()
-        loss += micro.detach()
-    loss = float(loss)
+        total += micro.detach()
+    total = float(total)
     params = [p for group in opt.param_groups for p in group["params"]]
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf")))
-    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+    if not (math.isfinite(total) and math.isfinite(grad_norm)):
         opt.zero_grad(set_to_none=True)
-        raise FloatingPointError(f"the loss is {loss} (gradient norm {grad_norm})")
+        raise FloatingPointError(f"the loss is {total} (gradient norm {grad_norm})")
     for group in opt.param_groups:
         group["lr"] = lr
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return {"loss": loss, "grad_norm": grad_norm, "tokens": n_tokens}
+    return {"loss": total, "grad_norm": grad_norm, "tokens": n_tokens}
 
 
 def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool = False,
@@ -126,15 +223,17 @@ def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool 
     if ckpt is not None and not resume:
         raise FileExistsError(f"{out_dir} already holds a run (checkpoint at {ckpt}): continue it "
                               "(resume=True; rerunning train.py does), or choose another output folder")
+    check_settings(out_dir / "train.json", {**asdict(cfg), "data_fingerprint": fingerprint}, f"training run {out_dir}",
+                   may_change=RESUMABLE_CHANGES)
     start = 0
     if ckpt is not None:
-        start = load_checkpoint(ckpt, model, opt, cfg, fingerprint)
+        start = load_checkpoint(ckpt, model, opt)
         cut_metrics(metrics_file, start)
         print(f"resuming {out_dir} after step {start} of {len(plan)}")
     else:
         if resume:
             print(f"no checkpoint in {out_dir}: starting a new run")
-        seed_everything(cfg.seed)
+        torch.manual_seed(cfg.seed)  # LoRA dropout draws from torch's RNG
         metrics_file.unlink(missing_ok=True)
 
     model.train()
@@ -146,7 +245,7 @@ def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool 
     with open(metrics_file, "a") as log:
         for step in range(start, len(plan)):
             epoch, window = plan[step]
-            batches = [tuple(t.to(device) for t in collate([samples[i] for i in idx])) for idx in window]
+            batches = [collate([samples[i] for i in idx], device) for idx in window]
             lr = lr_at(step, len(plan), cfg)
             t0 = time.perf_counter()
             try:
@@ -171,10 +270,8 @@ def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool 
             if step + 1 == len(plan) or (cfg.save_every and (step + 1) % cfg.save_every == 0):
                 position = {"step": step + 1, "epoch": epoch,
                             "step_in_epoch": sum(e == epoch for e, _ in plan[:step + 1])}
-                save_checkpoint(out_dir, model, opt, position, cfg, fingerprint)
+                save_checkpoint(out_dir, model, opt, position)
                 saved_at = step + 1
-            if os.environ.get("SSR_TEST_KILL_AFTER_STEP") == str(step + 1):  # tests: a crash mid-run
-                os.kill(os.getpid(), signal.SIGKILL)
     bar.close()
     model.eval()
     with atomic_dir(out_dir / "adapter") as tmp:
@@ -195,44 +292,31 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 def data_fingerprint(samples: list[Sample]) -> str:
     h = hashlib.sha256()
     for s in samples:
-        h.update(json.dumps([s.ids, s.mask]).encode())
+        h.update(json.dumps([s.ids, s.mask, s.source]).encode())
     return h.hexdigest()
 
 
-def save_checkpoint(out_dir: Path, model, opt, position: dict, cfg: TrainConfig, fingerprint: str) -> None:
+def save_checkpoint(out_dir: Path, model, opt, position: dict) -> None:
     """position: steps done, and the epoch and step within it they end in (the data order of an epoch is a
-    function of the seed and the epoch, so this is where the data stand)."""
+    function of the seed and the epoch, so this is where the data stand). The settings and data it belongs
+    to are in out_dir/train.json."""
     with atomic_dir(out_dir / "checkpoint") as tmp:
         lora.save_adapter(model, tmp / "adapter")
-        kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        rng = {"python": random.getstate(), "numpy": (kind, keys.tolist(), pos, has_gauss, gauss),
-               "torch": torch.get_rng_state(),
+        rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         torch.save({"optimizer": opt.state_dict(), "rng": rng}, tmp / "trainer_state.pt")
-        state = {**position, "config": asdict(cfg), "data_fingerprint": fingerprint}
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        (tmp / "state.json").write_text(json.dumps(position, indent=2))
 
 
-def load_checkpoint(ckpt: Path, model, opt, cfg: TrainConfig, fingerprint: str) -> int:
+def load_checkpoint(ckpt: Path, model, opt) -> int:
     """Restore adapter, optimizer and RNG states from a checkpoint; returns the number of steps done."""
     state = json.loads((ckpt / "state.json").read_text())
-    changed = [f"{k}: {v!r} -> {getattr(cfg, k)!r}" for k, v in state["config"].items()
-               if k not in RESUMABLE_CHANGES and getattr(cfg, k) != v]
-    if changed:
-        raise ValueError(f"cannot resume {ckpt} with other settings ({'; '.join(changed)})")
-    if state["data_fingerprint"] != fingerprint:
-        raise ValueError(f"cannot resume {ckpt}: the training data differ from the checkpoint's (same file, "
-                         "same tokenizer, same max length?)")
     lora.load_adapter(model, ckpt / "adapter")
     trainer_state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
     opt.load_state_dict(trainer_state["optimizer"])
-    rng = trainer_state["rng"]
-    random.setstate(rng["python"])
-    kind, keys, pos, has_gauss, gauss = rng["numpy"]
-    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    torch.set_rng_state(trainer_state["rng"]["torch"])
+    if trainer_state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(trainer_state["rng"]["cuda"])
     return state["step"]
 
 

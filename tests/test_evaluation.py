@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ssr
-from ssr import benchmarks
+from ssr import evaluation as benchmarks
 from ssr.evaluation import loglikelihoods, score_questions, split_tokens
 
 
@@ -42,8 +42,8 @@ def test_split_tokens_keeps_the_whole_text_encoding(stories):
 
 def test_score_questions_prefers_the_likely_choice(stories):
     _, model, tok = stories
-    q = benchmarks.MCQuestion("q", "Once upon a time, there was a little", [" girl", " xylophone zebra"], [1, 0])
-    wrong = benchmarks.MCQuestion("w", "Once upon a time, there was a little", [" girl", " xylophone zebra"], [0, 1])
+    q = benchmarks.MCQuestion("q", "Once upon a time, there was a little", ["girl", "xylophone zebra"], [1, 0])
+    wrong = benchmarks.MCQuestion("w", "Once upon a time, there was a little", ["girl", "xylophone zebra"], [0, 1])
     result = score_questions(model, tok, [q, wrong], progress=False)
     assert result["acc"] == 0.5 and result["n"] == 2
     assert 0.0 < result["mc2"] < 1.0
@@ -52,7 +52,7 @@ def test_score_questions_prefers_the_likely_choice(stories):
 def test_loaders_read_the_official_files(shared):
     data = shared / "data"
     mmlu = benchmarks.load_mmlu(data, limit=50)
-    assert len(mmlu) == 50 and all(sum(q.labels) == 1 and q.choices == [" A", " B", " C", " D"] for q in mmlu)
+    assert len(mmlu) == 50 and all(sum(q.labels) == 1 and q.choices == ["A", "B", "C", "D"] for q in mmlu)
     assert len({q.id.split("/")[0] for q in mmlu}) > 10  # the sample spans subjects
     assert mmlu[0].context.startswith("The following are multiple choice questions (with answers) about ")
     assert mmlu[0].context.endswith("\nAnswer:")
@@ -74,7 +74,7 @@ def test_hellaswag_format(tmp_path):
     (tmp_path / "hellaswag" / "hellaswag_val.jsonl").write_text(json.dumps(row) + "\n")
     (q,) = benchmarks.load_hellaswag(tmp_path)
     assert q.context == "Removing ice from car: Then, the man writes over the snow. Then"
-    assert q.choices[0] == " a. b" and q.labels == [0, 0, 1, 0]
+    assert q.choices[0] == "a. b" and q.labels == [0, 0, 1, 0]
 
 
 def test_missing_benchmark_file_is_named(tmp_path):

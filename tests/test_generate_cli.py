@@ -13,9 +13,9 @@ import torch
 import generate
 import ssr
 from conftest import ROOT
-from ssr import prompts
-from ssr.inference import generate_records
-from ssr.jsonl import read_records
+from ssr import tasks as prompts
+from ssr.runfiles import read_records
+from ssr.sampling import generate_records, prompt_ids
 from ssr.tasks import load_task
 
 TASK_FILES = {"gsm8k": "data/gsm8k/train.jsonl", "mbpp": "data/mbpp/mbpp.jsonl", "nq": "data/nq_open/NQ-open.dev.jsonl"}
@@ -49,10 +49,10 @@ def test_records_of_every_mode(shared, stories, tmp_path, task, capsys):
     examples = {ex.id: ex for ex in load_task(task_file, limit=3)}
     assert sorted((r["id"], r["mode"]) for r in records) == sorted((i, m) for i in examples for m in prompts.MODES)
     for r in records:
-        prompt = prompts.build(examples[r["id"]], r["mode"])
+        prompt = prompts.build_prompt(examples[r["id"]], r["mode"])
         assert set(r) == KEYS | ({"prefix"} if r["mode"] == "rewrite" else set())
         assert r["messages"] == prompt.messages and r.get("prefix", "") == prompt.prefix
-        assert r["prompt_tokens"] == len(prompts.prompt_ids(tok, prompt))
+        assert r["prompt_tokens"] == len(prompt_ids(tok, prompt))
         assert r["finish_reason"] in ("stop", "length") and 0 <= r["output_tokens"] <= 6
         assert isinstance(r["output"], str)
     rewrites = [r for r in records if r["mode"] == "rewrite"]
@@ -63,7 +63,7 @@ def test_records_of_every_mode(shared, stories, tmp_path, task, capsys):
     assert out.read_bytes() == before
     with pytest.raises(SystemExit):  # records made another way are never mixed into --out
         generate.main(common + ["--mode", "predict", "--temperature", "0.7"])
-    assert "other settings (temperature: 0.0 then, 0.7 now)" in capsys.readouterr().err
+    assert "other settings (temperature: 0.0 -> 0.7)" in capsys.readouterr().err
     assert out.read_bytes() == before
 
 
@@ -72,8 +72,8 @@ def test_records_of_every_mode(shared, stories, tmp_path, task, capsys):
 def test_prefill_ids_are_those_of_the_whole_conversation(shared, name, template):
     tok = ssr.load_tokenizer(shared / "tokenizers" / name, chat_template=template)
     example = load_task(shared / TASK_FILES["gsm8k"], limit=1)[0]
-    prompt = prompts.build(example, "rewrite")
-    ids = prompts.prompt_ids(tok, prompt)
+    prompt = prompts.build_prompt(example, "rewrite")
+    ids = prompt_ids(tok, prompt)
     whole = tok.apply_chat_template(prompt.messages + [
         {"role": "assistant", "content": prompt.prefix + " Natalia sold 48 / 2 = 24 clips in May."}])
     assert whole[:len(ids)] == ids and len(whole) > len(ids) + 5

@@ -8,7 +8,7 @@ import pytest
 
 import judge as judge_cli
 from ssr import judges
-from ssr.jsonl import append_records, read_records
+from ssr.runfiles import append_records, read_records
 from ssr.tasks import Example, load_task
 
 # Official MBPP solutions that do not pass their own test_list under the default judge, with the kind of
@@ -297,7 +297,7 @@ def test_judge_cli_judges_resumes_and_summarizes(tmp_path, capsys):
     with pytest.raises(SystemExit):  # verdicts judged another way are never mixed into --out
         judge_cli.main(["--task-file", str(tasks), "--predictions", str(predictions), "--out", str(out),
                         "--nq-mode", "exact"])
-    assert "other settings (nq_mode: 'contains' then, 'exact' now)" in capsys.readouterr().err
+    assert "other settings (nq_mode: 'contains' -> 'exact')" in capsys.readouterr().err
     assert read_records(out) == final
 
 

@@ -9,7 +9,7 @@ from hf_oracle import make_checkpoint
 from ssr import lora
 
 peft = pytest.importorskip("peft")
-ALL = lora.TARGETS
+ALL = lora.MODULES
 
 
 def ids(vocab=128, B=2, T=24, seed=3):

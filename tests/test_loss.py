@@ -8,9 +8,8 @@ import torch.nn.functional as F
 import ssr
 from hf_oracle import make_checkpoint
 from ssr import lora
-from ssr.data import Sample, collate, encode, epoch_batches
-from ssr.loss import masked_cross_entropy
-from ssr.trainer import train_step
+from ssr import trainer
+from ssr.trainer import Batch, Sample, collate, encode, epoch_batches, train_step
 
 CONVERSATIONS = [
     [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}],
@@ -50,7 +49,8 @@ def test_supervised_tokens_are_the_assistant_turns_and_eos(shared, tmp_path, nam
     assert cut == {"truncated": 0, "dropped": 0}
     seen = []
     for idx in epoch_batches([len(s.ids) for s in samples], batch_tokens=4096, max_seqs=3, seed=0, epoch=0):
-        ids, mask = collate([samples[i] for i in idx], pad_id=tok.pad_id or 0)
+        batch = collate([samples[i] for i in idx], pad_id=tok.pad_id or 0)
+        ids, mask = batch.input_ids, batch.loss_mask
         for row, i in enumerate(idx):
             n = len(samples[i].ids)
             assert ids[row, :n].tolist() == samples[i].ids
@@ -68,6 +68,17 @@ def test_supervised_tokens_are_the_assistant_turns_and_eos(shared, tmp_path, nam
     assert sorted(seen) == list(range(len(CONVERSATIONS)))
 
 
+class FixedHidden(torch.nn.Module):
+    """A stand-in model whose final hidden states are given."""
+
+    def __init__(self, hidden, head):
+        super().__init__()
+        self.hidden, self.lm_head = hidden, head
+
+    def hidden_states(self, input_ids):
+        return self.hidden
+
+
 def test_matches_full_logits_cross_entropy():
     torch.manual_seed(0)
     head = torch.nn.Linear(16, 50, bias=False)
@@ -76,7 +87,8 @@ def test_matches_full_logits_cross_entropy():
     mask = (torch.rand(3, 9) > 0.4).long()
     labels = torch.where(mask.bool(), ids, -100)[:, 1:]
     ref = F.cross_entropy(head(hidden)[:, :-1].reshape(-1, 50), labels.reshape(-1), ignore_index=-100)
-    ours = masked_cross_entropy(hidden, head, ids, mask, int(mask[:, 1:].sum()))
+    model = FixedHidden(hidden, head)
+    ours = trainer.loss(model, Batch(ids, mask, ["gold"] * 3), int(mask[:, 1:].sum()))
     assert torch.allclose(ours, ref, rtol=1e-6, atol=1e-6)
 
 
@@ -90,7 +102,7 @@ def test_accumulation_equals_one_batch(tmp_path):
 
     def update(windows):
         torch.manual_seed(0)
-        model = lora.apply_lora(ssr.load_model(tmp_path), r=4, targets=lora.TARGETS)
+        model = lora.apply_lora(ssr.load_model(tmp_path), r=4, targets=lora.MODULES)
         with torch.no_grad():
             for p in lora.lora_parameters(model):
                 p.normal_(0, 0.1)

@@ -8,7 +8,7 @@ def gen(output, finish="stop"):
 
 
 def ok(correct):
-    return {"correct": correct, "reason": "canned"}
+    return {"correct": correct, "kind": "match" if correct else "mismatch"}
 
 
 EXAMPLES = [Example(id=str(i), task="gsm8k", question=f"q{i}", gold=f"g{i}") for i in range(7)]
@@ -32,33 +32,50 @@ REWRITES = {"0": gen("rewrite right"), "1": gen("rewrite wrong"), "2": gen("As t
 REWRITE_VERDICTS = {"0": ok(True), "1": ok(False), "2": ok(True), "3": ok(True), "4": ok(True), "6": ok(True)}
 
 
+CANNED = {"predict": (PREDICTIONS, VERDICTS), "paraphrase": (PARAPHRASES, PARA_VERDICTS),
+          "rewrite": (REWRITES, REWRITE_VERDICTS)}
+
+
+def canned(asked=None):
+    """An `answers` function over the canned generations and verdicts; records what each mode was asked for."""
+    def answers(mode, examples):
+        if asked is not None:
+            asked[mode] = [e.id for e in examples]
+        generations, verdicts = CANNED[mode]
+        return {e.id: methods.Answer(generations[e.id]["output"], methods.rejection(generations[e.id], verdicts[e.id]))
+                for e in examples if e.id in generations}
+    return answers
+
+
 def picked(targets):
     assert [t.id for t in targets] == [e.id for e in EXAMPLES]  # one target per example, in order
     return [(t.source, t.response) for t in targets]
 
 
 def test_sft_is_always_gold():
-    assert picked(methods.sft(EXAMPLES, GOLD)) == [("gold", GOLD[e.id]) for e in EXAMPLES]
+    assert picked(methods.sft(EXAMPLES, GOLD, canned())) == [("gold", GOLD[e.id]) for e in EXAMPLES]
 
 
 def test_ssr():
-    assert picked(methods.ssr(EXAMPLES, GOLD, PREDICTIONS, VERDICTS)) == [
+    assert picked(methods.ssr(EXAMPLES, GOLD, canned())) == [
         ("self", "self right"), ("gold", "gold 1"), ("gold", "gold 2"), ("gold", "gold 3"),
         ("gold", "gold 4"), ("gold", "gold 5"), ("gold", "gold 6")]
 
 
 def test_s3ft():
-    assert picked(methods.s3ft(EXAMPLES, GOLD, PREDICTIONS, VERDICTS, PARAPHRASES, PARA_VERDICTS)) == [
+    asked = {}
+    assert picked(methods.s3ft(EXAMPLES, GOLD, canned(asked))) == [
         ("self", "self right"), ("paraphrase", "para right"), ("paraphrase", "para right 2"), ("gold", "gold 3"),
         ("paraphrase", "para right 4"), ("paraphrase", "para right 5"), ("gold", "gold 6")]
+    assert asked == {"predict": [e.id for e in EXAMPLES], "paraphrase": ["1", "2", "3", "4", "5", "6"]}  # only failures
 
 
 def test_sdft():
-    assert picked(methods.sdft(EXAMPLES, GOLD, REWRITES, REWRITE_VERDICTS)) == [
+    assert picked(methods.sdft(EXAMPLES, GOLD, canned())) == [
         ("rewrite", "rewrite right"), ("gold", "gold 1"), ("gold", "gold 2"), ("gold", "gold 3"),
         ("rewrite", "rewrite right 4"), ("gold", "gold 5"), ("rewrite", "rewrite right 6")]
 
 
 def test_source_counts():
-    targets = methods.s3ft(EXAMPLES, GOLD, PREDICTIONS, VERDICTS, PARAPHRASES, PARA_VERDICTS)
+    targets = methods.s3ft(EXAMPLES, GOLD, canned())
     assert methods.source_counts(targets) == {"gold": 2, "self": 1, "paraphrase": 4, "rewrite": 0}

@@ -6,6 +6,7 @@ import torch
 import ssr
 from hf_oracle import make_checkpoint
 from ssr import sampling
+from ssr.model import KVCache
 from ssr.sampling import complete, generate
 
 LENGTHS = [1, 40, 3, 17, 8, 33, 2, 26, 12, 5]  # ten prompts, 1 to 40 tokens, in no particular order
@@ -64,8 +65,8 @@ def test_per_row_stop_equals_transformers(pair, monkeypatch):
     full = generate(model, prompts, max_new_tokens=N, stop_ids=[])
     stops = {full[i][3 * i % N] for i in range(0, len(prompts), 2)}  # most rows stop, at different steps
     drops = []
-    keep_rows = sampling._keep_rows
-    monkeypatch.setattr(sampling, "_keep_rows", lambda cache, keep: drops.append(int((~keep).sum())) or
+    keep_rows = KVCache.keep
+    monkeypatch.setattr(KVCache, "keep", lambda cache, keep: drops.append(int((~keep).sum())) or
                         keep_rows(cache, keep))
     got = complete(model, prompts, max_new_tokens=N, stop_ids=stops)
     assert drops  # finished rows did leave the batch

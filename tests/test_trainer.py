@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import pytest
@@ -12,8 +13,7 @@ from safetensors.torch import load_file
 import ssr
 from hf_oracle import make_checkpoint
 from ssr import lora, trainer
-from ssr.data import Sample, epoch_batches
-from ssr.trainer import TrainConfig, lr_at, train
+from ssr.trainer import Sample, TrainConfig, epoch_batches, lr_at, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
@@ -87,7 +87,7 @@ def test_optimizer_gets_only_lora_parameters(tiny):
 
 def test_memorises_eight_examples(tiny, tmp_path):
     torch.manual_seed(0)
-    model = lora.apply_lora(ssr.load_model(tiny), r=8, alpha=16, targets=lora.TARGETS)
+    model = lora.apply_lora(ssr.load_model(tiny), r=8, alpha=16, targets=lora.MODULES)
     cfg = TrainConfig(epochs=40, lr=1e-2, warmup=0.05, micro_batch=8, grad_accum=1, save_every=0)
     history = train(model, memorise_samples(), cfg, tmp_path, progress=False)
     assert history[-1]["loss"] < 0.05, [round(h["loss"], 3) for h in history[::10]]
@@ -105,8 +105,8 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tiny, tmp_path, monkeypatc
         loss = trainer_loss(*args)
         return loss * float("nan") if len(calls) == 3 else loss
 
-    trainer_loss = trainer.masked_cross_entropy
-    monkeypatch.setattr(trainer, "masked_cross_entropy", poisoned)
+    trainer_loss = trainer.loss
+    monkeypatch.setattr(trainer, "loss", poisoned)
     model = lora.apply_lora(ssr.load_model(tiny), r=4)
     cfg = TrainConfig(epochs=1, micro_batch=2, grad_accum=1, save_every=1)
     with pytest.raises(FloatingPointError, match=r"step 3: the loss is nan.*checkpoint.*\(step 2\)"):
@@ -121,7 +121,7 @@ def test_resume_refuses_other_settings_or_data(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"other settings \(lr: 0.0001 -> 0.001\)"):
         train(lora.apply_lora(ssr.load_model(tiny), r=4), memorise_samples(), replace(cfg, lr=1e-3), tmp_path,
               resume=True, progress=False)
-    with pytest.raises(ValueError, match="training data differ"):
+    with pytest.raises(ValueError, match="data_fingerprint"):
         train(lora.apply_lora(ssr.load_model(tiny), r=4), memorise_samples()[:7], cfg, tmp_path, resume=True,
               progress=False)
 
@@ -129,12 +129,17 @@ def test_resume_refuses_other_settings_or_data(tiny, tmp_path):
 def train_args(folder, data, out, *extra):
     return ["--method", "sft", "--data", str(data), "--model", str(folder), "--out", str(out), "--epochs", "3",
             "--micro-batch", "2", "--grad-accum", "2", "--save-every", "2", "--lora-dropout", "0.1",
-            "--targets", "q_proj,v_proj,down_proj", "--lr", "1e-2", *extra]
+            "--lora-modules", "q_proj,v_proj,down_proj", "--lr", "1e-2", *extra]
+
+
+SLOW_STEPS = ("import sys, time\nimport ssr.trainer as t\nstep = t.train_step\n"
+              "t.train_step = lambda *a, **k: (time.sleep(0.3), step(*a, **k))[1]\n"
+              "import train\nsys.exit(train.main(sys.argv[1:]))")
 
 
 def test_killed_run_resumes_to_the_same_adapter(tmp_path, capsys):
-    """train.py killed by SIGKILL after step 5 (last checkpoint: step 4), then resumed, ends where a run
-    that never stopped ends. LoRA dropout is on, so the RNG states must be restored too."""
+    """train.py killed by SIGKILL from outside right after step 5 (last checkpoint: step 4), then resumed, ends
+    where a run that never stopped ends. LoRA dropout is on, so the RNG state must be restored too."""
     import train as train_py
     folder = tiny_run_folder(tmp_path / "model")
     data = tmp_path / "train.jsonl"
@@ -142,16 +147,21 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path, capsys):
 
     assert train_py.main(train_args(folder, data, tmp_path / "straight", "--save-merged")) == 0
     assert (tmp_path / "straight" / "merged" / "model.safetensors").is_file()
-    env = dict(os.environ, SSR_TEST_KILL_AFTER_STEP="5", PYTHONPATH=ROOT)
-    killed = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"),
-                             *train_args(folder, data, tmp_path / "resumed")],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert killed.returncode == -9, killed.stderr
+    # each step slowed to 0.3 s by the wrapper, so the kill lands between step 5 and step 6's checkpoint
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_STEPS, *train_args(folder, data, tmp_path / "resumed")],
+                            env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    metrics, deadline = tmp_path / "resumed" / "metrics.jsonl", time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 5):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+        time.sleep(0.01)
+    proc.kill()
+    proc.wait()
+    proc.stderr.close()
     assert json.loads((tmp_path / "resumed" / "checkpoint" / "state.json").read_text())["step"] == 4
     assert train_py.main(train_args(folder, data, tmp_path / "resumed")) == 0  # the same command continues
     assert "resuming" in capsys.readouterr().out
     assert train_py.main(train_args(folder, data, tmp_path / "resumed", "--limit", "3")) == 1  # not another run
-    assert "other settings (limit: None then, 3 now)" in capsys.readouterr().err
+    assert "other settings (limit: None -> 3)" in capsys.readouterr().err
 
     a = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")

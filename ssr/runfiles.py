@@ -1,6 +1,7 @@
 """Files that survive being killed. Append-only JSONL is the output format of every resumable step (generate,
 judge): a step reads what is already there, skips those records' ids and appends the rest, one whole line per
-record, flushed as it goes. Files written whole (targets, results, settings) replace the old one at once.
+record, flushed as it goes. Files written whole (targets, results, settings) replace the old one at once, and
+`check_settings` ties every output to the settings that made it.
 
 The trap avoided: a run killed mid-write leaves half a line at the end of the file. Appending after it would
 glue the next record onto the fragment and corrupt both, forever. So readers ignore an unterminated last line,
@@ -17,19 +18,28 @@ from pathlib import Path
 from typing import Iterable
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """All complete records of a JSONL file ([] if it does not exist). An unterminated last line counts only if
-    it is valid JSON. A malformed line anywhere else is an error naming the file and line."""
+def read_records(path: str | Path, *, partial_tail: bool = True) -> list[dict]:
+    """All records of a JSONL file ([] if it does not exist), the one JSONL reader of the project.
+
+    partial_tail (outputs being appended to): an unterminated last line counts only if it is valid JSON, else
+    it is a fragment left by a killed writer and is ignored. With partial_tail=False (task files, written by
+    people) every line must be valid. A malformed line is an error naming the file and its 1-based line.
+    """
     path = Path(path)
     if not path.exists():
         return []
     lines = path.read_bytes().split(b"\n")
     tail = lines.pop()  # after the last newline: b"" when the file ends cleanly
+    if tail.strip() and not partial_tail:
+        lines.append(tail)
+        tail = b""
     records = []
     for n, line in enumerate(lines, 1):
         if line.strip():
             try:
-                records.append(json.loads(line))
+                records.append(json.loads(line.decode("utf-8")))
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
     if tail.strip() and (last := _parse(tail)) is not None:
@@ -58,7 +68,7 @@ def write_atomic(path: str | Path, text: str) -> None:
     """Replace the file's content all at once: written beside it, synced, then renamed into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share it
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
@@ -71,19 +81,21 @@ def write_records(path: str | Path, records: Iterable[dict]) -> None:
     write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
-def check_settings(path: str | Path, settings: dict, what: str) -> None:
-    """Record in `path` the settings that make `what` (a run folder, an output file); on a rerun, refuse other
-    settings by name, so that a resumed step never mixes in outputs made another way."""
+def check_settings(path: str | Path, settings: dict, what: str, may_change: tuple[str, ...] = ()) -> None:
+    """The one settings guard: record in `path` the settings that make `what` (a run folder, an output file);
+    on a rerun, refuse other settings by name, so that a resumed step never mixes in outputs made another way.
+    Keys in `may_change` (e.g. how often to checkpoint) may differ; the file then records the new values."""
     path = Path(path)
     settings = json.loads(json.dumps(settings))  # as it reads back: tuples become lists
     if path.is_file():
         saved = json.loads(path.read_text())
-        changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v}
+        changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v and k not in may_change}
         if changed:
-            diff = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, (old, new) in changed.items())
-            raise ValueError(f"{what} holds results made with other settings ({diff}); use another --out, "
+            diff = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(f"{what} holds results made with other settings ({diff}); use another output, "
                              "or delete it to start over")
-        return
+        if saved == settings:
+            return
     write_atomic(path, json.dumps(settings, indent=2))
 
 
