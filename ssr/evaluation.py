@@ -31,15 +31,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ssr import judges
-from ssr.runfiles import check_settings, write_atomic
+from ssr.runfiles import check_settings, read_records, write_atomic
 from ssr.sampling import generate_records
 from ssr.tasks import load_task
 
 # ---------------------------------------------------------------------------------------------------------
 # retention benchmarks: the official files -> multiple-choice questions
-
-RETENTION = ("mmlu", "arc_easy", "arc_challenge", "truthfulqa_mc1", "truthfulqa_mc2", "hellaswag")
-
 
 @dataclass
 class MCQuestion:
@@ -79,7 +76,7 @@ def load_mmlu(data_dir: Path, limit=None) -> list[MCQuestion]:
     return subsample(out, limit)
 
 
-def _arc(data_dir: Path, name: str, limit) -> list[MCQuestion]:
+def load_arc(data_dir: Path, name: str, limit=None) -> list[MCQuestion]:
     folder = data_dir / "arc" / name
     # the official test split when present; ../shared carries Dev only (its Test files are LFS pointers)
     file = next((folder / f"{name}-{split}.jsonl" for split in ("Test", "Dev")
@@ -87,10 +84,7 @@ def _arc(data_dir: Path, name: str, limit) -> list[MCQuestion]:
     if file is None:
         raise FileNotFoundError(f"no {name}-Test.jsonl or {name}-Dev.jsonl in {folder}")
     out = []
-    for line in file.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in read_records(file, partial_tail=False):
         labels = [c["label"] for c in row["question"]["choices"]]
         if row["answerKey"] not in labels:
             raise ValueError(f"{file}: {row['id']} answerKey {row['answerKey']!r} not among {labels}")
@@ -98,14 +92,6 @@ def _arc(data_dir: Path, name: str, limit) -> list[MCQuestion]:
                               [c["text"] for c in row["question"]["choices"]],
                               [int(label == row["answerKey"]) for label in labels]))
     return subsample(out, limit)
-
-
-def load_arc_easy(data_dir: Path, limit=None):
-    return _arc(data_dir, "ARC-Easy", limit)
-
-
-def load_arc_challenge(data_dir: Path, limit=None):
-    return _arc(data_dir, "ARC-Challenge", limit)
 
 
 TRUTHFULQA_PRIMER = (
@@ -124,57 +110,40 @@ TRUTHFULQA_PRIMER = (
 )
 
 
-def _truthfulqa(data_dir: Path, key: str, limit) -> list[MCQuestion]:
+def load_truthfulqa(data_dir: Path, key: str, limit=None) -> list[MCQuestion]:
     # the classic 817-question release (v1), which papers report; the 2025 update as a fallback
     candidates = [data_dir / "truthfulqa" / "data" / "v1" / "mc_task.json", data_dir / "truthfulqa" / "data" / "mc_task.json"]
     file = next((f for f in candidates if f.is_file()), None)
     if file is None:
         raise FileNotFoundError(f"no TruthfulQA mc_task.json at {candidates[0]} or {candidates[1]}")
-    out = []
-    for i, row in enumerate(json.loads(file.read_text(encoding="utf-8"))):
-        targets = row[key]
-        out.append(MCQuestion(str(i), f"{TRUTHFULQA_PRIMER}Q: {row['question']}\nA:",
-                              list(targets), [int(v) for v in targets.values()]))
-    return subsample(out, limit)
-
-
-def load_truthfulqa_mc1(data_dir: Path, limit=None):
-    return _truthfulqa(data_dir, "mc1_targets", limit)
-
-
-def load_truthfulqa_mc2(data_dir: Path, limit=None):
-    return _truthfulqa(data_dir, "mc2_targets", limit)
+    return subsample([MCQuestion(str(i), f"{TRUTHFULQA_PRIMER}Q: {row['question']}\nA:", list(row[key]),
+                                 [int(v) for v in row[key].values()])
+                      for i, row in enumerate(json.loads(file.read_text(encoding="utf-8")))], limit)
 
 
 def _hellaswag_text(text: str) -> str:
     # the dataset's own cleanup, as in lm-evaluation-harness: drop "[title]"-style tags and double spaces
-    text = text.strip().replace(" [title]", ". ")
-    text = re.sub(r"\[.*?\]", "", text)
+    text = re.sub(r"\[.*?\]", "", text.strip().replace(" [title]", ". "))
     return text.replace("  ", " ")
 
 
 def load_hellaswag(data_dir: Path, limit=None) -> list[MCQuestion]:
-    folder = data_dir / "hellaswag"
-    file = folder / "hellaswag_val.jsonl"
+    file = data_dir / "hellaswag" / "hellaswag_val.jsonl"
     if not file.is_file():
-        raise FileNotFoundError(f"no hellaswag_val.jsonl in {folder} (official rowanz/hellaswag data/ layout)")
-    out = []
-    for i, line in enumerate(file.read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        context = _hellaswag_text(f"{row['activity_label']}: {row['ctx_a']} {row['ctx_b'].capitalize()}")
-        out.append(MCQuestion(str(row.get("ind", i)), context, [_hellaswag_text(e) for e in row["endings"]],
-                              [int(j == int(row["label"])) for j in range(len(row["endings"]))]))
-    return subsample(out, limit)
+        raise FileNotFoundError(f"no {file} (the official rowanz/hellaswag data/ layout)")
+    return subsample([MCQuestion(str(row.get("ind", i)),
+                                 _hellaswag_text(f"{row['activity_label']}: {row['ctx_a']} {row['ctx_b'].capitalize()}"),
+                                 [_hellaswag_text(e) for e in row["endings"]],
+                                 [int(j == int(row["label"])) for j in range(len(row["endings"]))])
+                      for i, row in enumerate(read_records(file, partial_tail=False))], limit)
 
 
-LOADERS = {
+LOADERS = {  # name -> function(data_dir, limit) -> [MCQuestion]
     "mmlu": load_mmlu,
-    "arc_easy": load_arc_easy,
-    "arc_challenge": load_arc_challenge,
-    "truthfulqa_mc1": load_truthfulqa_mc1,
-    "truthfulqa_mc2": load_truthfulqa_mc2,
+    "arc_easy": lambda data_dir, limit=None: load_arc(data_dir, "ARC-Easy", limit),
+    "arc_challenge": lambda data_dir, limit=None: load_arc(data_dir, "ARC-Challenge", limit),
+    "truthfulqa_mc1": lambda data_dir, limit=None: load_truthfulqa(data_dir, "mc1_targets", limit),
+    "truthfulqa_mc2": lambda data_dir, limit=None: load_truthfulqa(data_dir, "mc2_targets", limit),
     "hellaswag": load_hellaswag,
 }
 
@@ -285,7 +254,8 @@ def drop_table(runs: dict[str, dict], exclude=(), targets=None, extra_rows=()) -
     for name in names:
         present = {label: runs[label][name] for label in labels if name in runs[label]}
         first = next(iter(present.values()))
-        kind = ("target" if name in targets else "retention") if targets is not None else first.get("kind", "retention")
+        default = "retention" if name in PRIMARY else "target"
+        kind = ("target" if name in targets else "retention") if targets is not None else first.get("kind", default)
         retention = kind == "retention" and name not in exclude
         cells = [f"{name} ({kind}, n={first['n']})"]
         base = present.get(labels[0])

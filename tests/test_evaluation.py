@@ -57,10 +57,10 @@ def test_loaders_read_the_official_files(shared):
     assert mmlu[0].context.startswith("The following are multiple choice questions (with answers) about ")
     assert mmlu[0].context.endswith("\nAnswer:")
     assert len(benchmarks.load_mmlu(data)) == 14042
-    easy, challenge = benchmarks.load_arc_easy(data), benchmarks.load_arc_challenge(data)
+    easy, challenge = benchmarks.LOADERS["arc_easy"](data), benchmarks.LOADERS["arc_challenge"](data)
     assert (len(easy), len(challenge)) == (570, 299)  # the Dev splits; ../shared has no Test files
     assert all(sum(q.labels) == 1 and len(q.choices) == len(q.labels) for q in easy + challenge)
-    mc1, mc2 = benchmarks.load_truthfulqa_mc1(data), benchmarks.load_truthfulqa_mc2(data)
+    mc1, mc2 = benchmarks.LOADERS["truthfulqa_mc1"](data), benchmarks.LOADERS["truthfulqa_mc2"](data)
     assert len(mc1) == len(mc2) == 817
     assert all(q.labels[0] == 1 and sum(q.labels) == 1 for q in mc1)
     assert all(sum(q.labels) >= 1 for q in mc2) and mc1[0].context.endswith("\nA:")
