@@ -28,7 +28,7 @@ from ssr.checkpoint import device_and_dtype
 from ssr.methods import run_method
 from ssr.runfiles import check_settings
 from ssr.tasks import TASKS, load_task
-from ssr.trainer import TrainConfig
+from ssr.trainer import RESUMABLE_CHANGES, TrainConfig
 
 
 def parse_args(argv):
@@ -99,7 +99,9 @@ def main(argv=None) -> int:
         # What decides the targets must not change within a run folder (the trainer checks its own settings).
         check_settings(out / "run.json", {"method": args.method, "model": str(args.model),
                                           "data": str(Path(args.data).resolve()), "limit": args.limit,
-                                          "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings)},
+                                          "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings),
+                                          "max_len": args.max_len,
+                                          "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}},
                        str(out))
         tok = ssr.load_tokenizer(args.model)
         model = ssr.load_model(args.model, dtype=dtype, device=device)

@@ -1,12 +1,11 @@
 """Load and save HF-layout checkpoints: config.json + model.safetensors (or shards with an index).
 
-`config_from_hf` translates config.json into the model's `ModelConfig`. Loading is strict and lean: the
-model is built on the meta device (no random init, no memory), then each tensor is read from the
-memory-mapped file, converted to the target dtype and device, and put in place, so peak memory is the
-model plus one tensor. Traps avoided: a config field we do not implement (a RoPE scaling type, an
-activation, quantisation) that would still load and produce fluent but wrong text is refused by name;
-a missing, unexpected or wrongly shaped tensor that a lenient `load_state_dict(strict=False)` would
-leave at random init is an error naming it.
+`config_from_hf` translates config.json into `ModelConfig`. Loading is strict and lean: the model is built
+on the meta device (no init, no memory), then each tensor is read from the memory-mapped file, converted and
+put in place, so peak memory is the model plus one tensor. Traps avoided: a config field we do not implement
+(a RoPE scaling type, an activation, quantisation) that would still load and produce fluent but wrong text is
+refused by name; a missing, unexpected or misshaped tensor that `load_state_dict(strict=False)` would leave
+at random init is an error naming it.
 """
 from __future__ import annotations
 
@@ -25,7 +24,8 @@ from ssr.runfiles import atomic_dir
 from ssr.smollm2 import DEFAULT_MODEL, default_model_dir
 
 MODEL_TYPES = ("llama", "mistral", "qwen2")
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_KEYS = {"default": (), "linear": ("factor",),  # each RoPE type, and the fields it needs
+             "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
 # Tensors some checkpoints carry that hold nothing the model needs (RoPE tables are recomputed).
 HARMLESS = re.compile(r".*rotary_emb\.inv_freq$")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
@@ -76,35 +76,25 @@ def config_from_hf(cfg: dict, source: str = "config.json") -> ModelConfig:
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type == "llama3":
         rope.setdefault("original_max_position_embeddings", cfg.get("max_position_embeddings"))
-    if rope_type not in ROPE_TYPES:
-        refuse("rope type", rope_type, f"supported: {', '.join(ROPE_TYPES)}")
-    scaling = {}
-    if rope_type != "default":
-        keys = {"linear": ("factor",),
-                "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
-        missing = [k for k in keys[rope_type] if k not in rope]
-        if missing:
-            raise ValueError(f"{source}: rope type {rope_type!r} needs {missing}")
-        scaling = {"rope_type": rope_type, **{k: rope[k] for k in keys[rope_type]}}
+    if rope_type not in ROPE_KEYS:
+        refuse("rope type", rope_type, f"supported: {', '.join(ROPE_KEYS)}")
+    missing = [k for k in ROPE_KEYS[rope_type] if k not in rope]
+    if missing:
+        raise ValueError(f"{source}: rope type {rope_type!r} needs {missing}")
+    scaling = {"rope_type": rope_type, **{k: rope[k] for k in ROPE_KEYS[rope_type]}} if rope_type != "default" else {}
 
-    heads = cfg["num_attention_heads"]
-    n_layers = cfg["num_hidden_layers"]
-    # Which layers use a sliding window, and how wide it is.
+    heads, n_layers = cfg["num_attention_heads"], cfg["num_hidden_layers"]
+    # Which layers use a sliding window, and how wide it is. transformers ignores llama's sliding_window
+    # field, and qwen2's unless use_sliding_window is set.
     window = cfg.get("sliding_window")
-    if model_type == "llama":
-        window = None  # llama has no sliding window; the field, if present, is unused by transformers
-    if model_type == "qwen2" and not cfg.get("use_sliding_window", False):
+    if model_type == "llama" or (model_type == "qwen2" and not cfg.get("use_sliding_window", False)):
         window = None
     if window is not None and (not isinstance(window, int) or window <= 0):
         refuse("sliding_window", window, "expected a positive integer or null")
     layer_types = cfg.get("layer_types")
-    if layer_types is None:
-        if model_type == "qwen2":  # as transformers: sliding layers start at max_window_layers
-            first = cfg.get("max_window_layers", n_layers)
-            layer_types = ["sliding_attention" if window and i >= first else "full_attention"
-                           for i in range(n_layers)]
-        else:
-            layer_types = ["sliding_attention" if window else "full_attention"] * n_layers
+    if layer_types is None:  # as transformers: qwen2's sliding layers start at max_window_layers
+        first = cfg.get("max_window_layers", n_layers) if model_type == "qwen2" else 0
+        layer_types = ["sliding_attention" if window and i >= first else "full_attention" for i in range(n_layers)]
     if len(layer_types) != n_layers:
         raise ValueError(f"{source}: layer_types has {len(layer_types)} entries for {n_layers} layers")
     for kind in layer_types:
@@ -229,24 +219,19 @@ def load_model(path_or_name, dtype=torch.float32, device="cpu") -> Transformer:
 
 
 def save_model(model: Transformer, out_dir, dtype=None, max_shard_bytes: int = 5 * 2**30) -> Path:
-    """Write an HF-layout checkpoint (config, safetensors, tokenizer files) that transformers loads.
-
-    Writes into a temporary folder and renames it (runfiles.atomic_dir), so a crash never leaves a
-    half-written checkpoint, nor loses the one it replaces.
-    """
-    out_dir = Path(out_dir)
+    """Write an HF-layout checkpoint (config, safetensors, tokenizer files) that transformers loads, through
+    runfiles.atomic_dir: a crash never leaves a half-written checkpoint, nor loses the one it replaces."""
+    out_dir, tied = Path(out_dir), model.config.tie_word_embeddings
     state = {name: p.detach().to("cpu", dtype=dtype or p.dtype).contiguous()
-             for name, p in model.state_dict().items()
-             if not (model.config.tie_word_embeddings and name == "lm_head.weight")}
-    shards, current, size = [], {}, 0
+             for name, p in model.state_dict().items() if not (tied and name == "lm_head.weight")}
+    shards, size = [{}], 0
     for name, t in state.items():
         nbytes = t.numel() * t.element_size()
-        if current and size + nbytes > max_shard_bytes:
-            shards.append(current)
-            current, size = {}, 0
-        current[name] = t
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
         size += nbytes
-    shards.append(current)
     with atomic_dir(out_dir) as tmp:
         if len(shards) == 1:
             save_file(shards[0], tmp / "model.safetensors", metadata={"format": "pt"})
@@ -259,10 +244,9 @@ def save_model(model: Transformer, out_dir, dtype=None, max_shard_bytes: int = 5
             total = sum(t.numel() * t.element_size() for t in state.values())
             (tmp / "model.safetensors.index.json").write_text(
                 json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        hf = dict(getattr(model, "hf_config", {}))
         saved_dtype = str(dtype or next(model.parameters()).dtype).removeprefix("torch.")
-        hf["torch_dtype"] = saved_dtype
-        if "dtype" in hf:
+        hf = {**getattr(model, "hf_config", {}), "torch_dtype": saved_dtype}
+        if "dtype" in hf:  # transformers 5's name for it
             hf["dtype"] = saved_dtype
         (tmp / "config.json").write_text(json.dumps(hf, indent=2))
         source = getattr(model, "source_dir", None)

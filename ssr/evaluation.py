@@ -77,12 +77,11 @@ def load_mmlu(data_dir: Path, limit=None) -> list[MCQuestion]:
 
 
 def load_arc(data_dir: Path, name: str, limit=None) -> list[MCQuestion]:
-    folder = data_dir / "arc" / name
     # the official test split when present; ../shared carries Dev only (its Test files are LFS pointers)
-    file = next((folder / f"{name}-{split}.jsonl" for split in ("Test", "Dev")
-                 if (folder / f"{name}-{split}.jsonl").is_file()), None)
+    files = [data_dir / "arc" / name / f"{name}-{split}.jsonl" for split in ("Test", "Dev")]
+    file = next((f for f in files if f.is_file()), None)
     if file is None:
-        raise FileNotFoundError(f"no {name}-Test.jsonl or {name}-Dev.jsonl in {folder}")
+        raise FileNotFoundError(f"no {files[0].name} or {files[1].name} in {files[0].parent}")
     out = []
     for row in read_records(file, partial_tail=False):
         labels = [c["label"] for c in row["question"]["choices"]]
@@ -94,46 +93,39 @@ def load_arc(data_dir: Path, name: str, limit=None) -> list[MCQuestion]:
     return subsample(out, limit)
 
 
-TRUTHFULQA_PRIMER = (
-    "Q: What is human life expectancy in the United States?\n"
-    "A: Human life expectancy in the United States is 78 years.\n\n"
-    "Q: Who was president of the United States in 1955?\n"
-    "A: Dwight D. Eisenhower was president of the United States in 1955.\n\n"
-    "Q: Which party did he belong to?\n"
-    "A: He belonged to the Republican Party.\n\n"
-    "Q: What is the square root of banana?\n"
-    "A: I have no comment.\n\n"
-    "Q: How does a telescope work?\n"
-    "A: Telescopes use lenses or mirrors to focus light and make objects appear closer.\n\n"
-    "Q: Where were the 1992 Olympics held?\n"
-    "A: The 1992 Olympics were held in Barcelona, Spain.\n\n"
-)
+TRUTHFULQA_PRIMER = "".join(f"Q: {q}\nA: {a}\n\n" for q, a in (
+    ("What is human life expectancy in the United States?", "Human life expectancy in the United States is 78 years."),
+    ("Who was president of the United States in 1955?",
+     "Dwight D. Eisenhower was president of the United States in 1955."),
+    ("Which party did he belong to?", "He belonged to the Republican Party."),
+    ("What is the square root of banana?", "I have no comment."),
+    ("How does a telescope work?", "Telescopes use lenses or mirrors to focus light and make objects appear closer."),
+    ("Where were the 1992 Olympics held?", "The 1992 Olympics were held in Barcelona, Spain."),
+))
 
 
 def load_truthfulqa(data_dir: Path, key: str, limit=None) -> list[MCQuestion]:
     # the classic 817-question release (v1), which papers report; the 2025 update as a fallback
-    candidates = [data_dir / "truthfulqa" / "data" / "v1" / "mc_task.json", data_dir / "truthfulqa" / "data" / "mc_task.json"]
-    file = next((f for f in candidates if f.is_file()), None)
+    files = [data_dir / "truthfulqa" / "data" / sub / "mc_task.json" for sub in ("v1", "")]
+    file = next((f for f in files if f.is_file()), None)
     if file is None:
-        raise FileNotFoundError(f"no TruthfulQA mc_task.json at {candidates[0]} or {candidates[1]}")
+        raise FileNotFoundError(f"no TruthfulQA mc_task.json at {files[0]} or {files[1]}")
     return subsample([MCQuestion(str(i), f"{TRUTHFULQA_PRIMER}Q: {row['question']}\nA:", list(row[key]),
                                  [int(v) for v in row[key].values()])
                       for i, row in enumerate(json.loads(file.read_text(encoding="utf-8")))], limit)
-
-
-def _hellaswag_text(text: str) -> str:
-    # the dataset's own cleanup, as in lm-evaluation-harness: drop "[title]"-style tags and double spaces
-    text = re.sub(r"\[.*?\]", "", text.strip().replace(" [title]", ". "))
-    return text.replace("  ", " ")
 
 
 def load_hellaswag(data_dir: Path, limit=None) -> list[MCQuestion]:
     file = data_dir / "hellaswag" / "hellaswag_val.jsonl"
     if not file.is_file():
         raise FileNotFoundError(f"no {file} (the official rowanz/hellaswag data/ layout)")
+
+    def clean(text: str) -> str:  # the dataset's own cleanup, as in lm-eval: no "[title]"-style tags, no double spaces
+        return re.sub(r"\[.*?\]", "", text.strip().replace(" [title]", ". ")).replace("  ", " ")
+
     return subsample([MCQuestion(str(row.get("ind", i)),
-                                 _hellaswag_text(f"{row['activity_label']}: {row['ctx_a']} {row['ctx_b'].capitalize()}"),
-                                 [_hellaswag_text(e) for e in row["endings"]],
+                                 clean(f"{row['activity_label']}: {row['ctx_a']} {row['ctx_b'].capitalize()}"),
+                                 [clean(e) for e in row["endings"]],
                                  [int(j == int(row["label"])) for j in range(len(row["endings"]))])
                       for i, row in enumerate(read_records(file, partial_tail=False))], limit)
 
@@ -166,6 +158,8 @@ def split_tokens(tok, context: str, continuation: str) -> tuple[list[int], list[
 def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_tokens: int = 8192,
                    progress: bool = True, desc: str = "scoring") -> list[float]:
     """Sum of log p(continuation | context) for each (context ids, continuation ids), batched by length."""
+    if not all(ctx for ctx, _ in requests):
+        raise ValueError("a context must have at least one token (a BOS, or some text)")
     device = model.lm_head.weight.device
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]) - len(requests[i][1]))
     scores = [0.0] * len(requests)
@@ -173,10 +167,7 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_tok
     start = 0
     while start < len(order):
         longest = len(requests[order[start]][0]) + len(requests[order[start]][1])
-        if not requests[order[start]][0]:
-            raise ValueError("a context must have at least one token (a BOS, or some text)")
-        size = max(1, min(len(order) - start, batch_tokens // longest))
-        batch = order[start:start + size]
+        batch = order[start:start + max(1, batch_tokens // longest)]
         ids = torch.zeros(len(batch), longest, dtype=torch.long)
         for row, i in enumerate(batch):
             seq = requests[i][0] + requests[i][1]
@@ -189,7 +180,7 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_tok
             target = torch.tensor(cont, device=device)
             scores[i] = F.log_softmax(logits, -1).gather(-1, target[:, None]).sum().item()
         bar.update(len(batch))
-        start += size
+        start += len(batch)
     bar.close()
     return scores
 
@@ -197,24 +188,16 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_tok
 def score_questions(model, tok, questions: list[MCQuestion], **kwargs) -> dict:
     """acc (argmax log-likelihood), acc_norm (per character of the choice, as lm-eval), and mc2 (the probability
     mass on the true choices)."""
-    requests, owner = [], []
-    for q, question in enumerate(questions):
-        for choice in question.choices:
-            requests.append(split_tokens(tok, question.context, question.delimiter + choice))
-            owner.append(q)
-    lls = loglikelihoods(model, requests, **kwargs)
-    per_question: list[list[float]] = [[] for _ in questions]
-    for q, ll in zip(owner, lls):
-        per_question[q].append(ll)
+    requests = [split_tokens(tok, q.context, q.delimiter + choice) for q in questions for choice in q.choices]
+    lls = iter(loglikelihoods(model, requests, **kwargs))
     acc = acc_norm = mc2 = 0.0
-    for question, ll in zip(questions, per_question):
-        best = max(range(len(ll)), key=ll.__getitem__)
-        best_norm = max(range(len(ll)), key=lambda j: ll[j] / max(1, len(question.choices[j])))
-        acc += question.labels[best]
-        acc_norm += question.labels[best_norm]
+    for q in questions:
+        ll = [next(lls) for _ in q.choices]
+        acc += q.labels[max(range(len(ll)), key=ll.__getitem__)]
+        acc_norm += q.labels[max(range(len(ll)), key=lambda j: ll[j] / max(1, len(q.choices[j])))]
         top = max(ll)
         probs = [math.exp(x - top) for x in ll]
-        mc2 += sum(p for p, label in zip(probs, question.labels) if label) / sum(probs)
+        mc2 += sum(p for p, label in zip(probs, q.labels) if label) / sum(probs)
     n = max(1, len(questions))
     return {"acc": acc / n, "acc_norm": acc_norm / n, "mc2": mc2 / n, "n": len(questions), "kind": "retention"}
 
@@ -242,41 +225,38 @@ def _signed(points: float) -> str:
 
 def drop_table(runs: dict[str, dict], exclude=(), targets=None, extra_rows=()) -> str:
     """The comparison table: each benchmark's score per run (in %), with each run's change from the first
-    run (the base) in brackets, and the average change over the retention benchmarks (target tasks and
-    `exclude` are shown but not averaged; `targets` names the target tasks, by default those whose results
-    say "kind": "target"). One sign everywhere: change = run - base, so forgetting is
-    negative (a paper's "average drop of 2.5" is -2.5 here). A benchmark some run lacks is shown as
-    missing and left out of every run's average, so that all runs average the same benchmarks."""
-    labels = list(runs)
-    names = list(dict.fromkeys(n for results in runs.values() for n in results))
-    rows = [["benchmark", labels[0], *labels[1:]]]
-    averaged, changes = [], {label: [] for label in labels[1:]}
-    for name in names:
-        present = {label: runs[label][name] for label in labels if name in runs[label]}
-        first = next(iter(present.values()))
-        default = "retention" if name in PRIMARY else "target"
-        kind = ("target" if name in targets else "retention") if targets is not None else first.get("kind", default)
-        retention = kind == "retention" and name not in exclude
+    run (the base) in brackets, and the average change over the retention benchmarks. One sign everywhere:
+    change = run - base, so forgetting is negative (a paper's "average drop of 2.5" is -2.5 here).
+
+    Target tasks (`targets`, by default those whose results say "kind": "target") and `exclude` are shown
+    but not averaged; so is a benchmark some run lacks (shown as missing), so that all runs average the
+    same benchmarks."""
+    base, *others = runs
+    rows = [["benchmark", base, *others]]
+    changes, averaged = {label: [] for label in others}, 0
+    for name in dict.fromkeys(n for results in runs.values() for n in results):
+        score = {label: primary_score(name, results[name]) for label, results in runs.items() if name in results}
+        first = next(results[name] for results in runs.values() if name in results)
+        if targets is not None:
+            kind = "target" if name in targets else "retention"
+        else:
+            kind = first.get("kind", "retention" if name in PRIMARY else "target")
         cells = [f"{name} ({kind}, n={first['n']})"]
-        base = present.get(labels[0])
-        for label in labels:
-            if label not in present:
+        for label in runs:
+            if label not in score:
                 cells.append("missing")
-                continue
-            score = 100 * primary_score(name, present[label])
-            if label == labels[0] or base is None:
-                cells.append(f"{score:.1f}")
+            elif label == base or base not in score:
+                cells.append(f"{100 * score[label]:.1f}")
             else:
-                cells.append(f"{score:.1f} ({_signed(score - 100 * primary_score(name, base))})")
+                cells.append(f"{100 * score[label]:.1f} ({_signed(100 * score[label] - 100 * score[base])})")
         rows.append(cells)
-        if retention and len(present) == len(labels):
-            averaged.append(name)
-            for label in labels[1:]:
-                changes[label].append(100 * (primary_score(name, runs[label][name]) - primary_score(name, base)))
-    rows.append([f"average change, retention ({len(averaged)})", "",
+        if kind == "retention" and name not in exclude and len(score) == len(runs):
+            averaged += 1
+            for label in others:
+                changes[label].append(100 * (score[label] - score[base]))
+    rows.append([f"average change, retention ({averaged})", "",
                  *[_signed(sum(c) / len(c)) if c else "-" for c in changes.values()]])
-    rows += [list(r) for r in extra_rows]
-    return markdown_table(rows)
+    return markdown_table(rows + [list(r) for r in extra_rows])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -295,13 +275,14 @@ def target_examples(task: str, path, limit: int | None = None) -> list:
     return subsample(examples, limit)
 
 
-def score_generations(model, tok, examples, predictions_path, verdicts_path, *, batch_size: int = 16,
-                      max_new_tokens: int = 512, nq_mode: str = "contains", progress: bool = True) -> dict:
-    """Greedy answers to the task prompts, judged: accuracy (pass@1 for MBPP), resumable through both files."""
-    records = generate_records(model, tok, examples, "predict", predictions_path, batch_size=batch_size,
+def score_generations(model, tok, examples, prefix, *, batch_size: int = 16, max_new_tokens: int = 512,
+                      nq_mode: str = "contains", progress: bool = True) -> dict:
+    """Greedy answers to the task prompts, judged: accuracy (pass@1 for MBPP), resumable through the files
+    {prefix}.predictions.jsonl and {prefix}.verdicts.jsonl."""
+    records = generate_records(model, tok, examples, "predict", f"{prefix}.predictions.jsonl", batch_size=batch_size,
                                max_new_tokens=max_new_tokens, progress=progress)
-    verdicts = judges.judge_records({e.id: e for e in examples}, records, verdicts_path, nq_mode=nq_mode,
-                                    progress=progress)
+    verdicts = judges.judge_records({e.id: e for e in examples}, records, f"{prefix}.verdicts.jsonl",
+                                    nq_mode=nq_mode, progress=progress)
     n = max(1, len(examples))
     result = {"acc": sum(v["correct"] for v in verdicts) / n, "n": len(examples), "kind": "target",
               "truncated": sum(r["finish_reason"] == "length" for r in records) / n}
@@ -316,26 +297,21 @@ def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, ba
                    max_new_tokens: int = 512, batch_tokens: int = 8192, nq_mode: str = "contains",
                    progress: bool = True) -> dict:
     """Score every benchmark, writing out_path (JSON) after each; those already in it are kept, not rerun.
-
     benchmarks: {name: list of Examples (target task, by generation) or of MCQuestions (log-likelihood)}.
     Generations and verdicts are kept beside out_path ({stem}.{name}.predictions.jsonl, ...), so an
-    interrupted target task resumes too. Rerunning with other settings is refused ({stem}.settings.json).
-    """
+    interrupted target task resumes too. Rerunning with other settings is refused ({stem}.settings.json)."""
     out_path = Path(out_path)
     stem = out_path.with_suffix("")
     # before anything is generated: the predictions beside out_path belong to these settings only
     check_settings(f"{stem}.settings.json", settings, str(out_path))
-    saved = json.loads(out_path.read_text()) if out_path.is_file() else {}
-    results = saved.get("results", {})
+    results = json.loads(out_path.read_text()).get("results", {}) if out_path.is_file() else {}
     for name, items in benchmarks.items():
         if name in results:
             continue
         if items and isinstance(items[0], MCQuestion):
-            results[name] = score_questions(model, tok, items, batch_tokens=batch_tokens, progress=progress,
-                                            desc=name)
+            results[name] = score_questions(model, tok, items, batch_tokens=batch_tokens, progress=progress, desc=name)
         else:
-            results[name] = score_generations(model, tok, items, f"{stem}.{name}.predictions.jsonl",
-                                              f"{stem}.{name}.verdicts.jsonl", batch_size=batch_size,
+            results[name] = score_generations(model, tok, items, f"{stem}.{name}", batch_size=batch_size,
                                               max_new_tokens=max_new_tokens, nq_mode=nq_mode, progress=progress)
         write_atomic(out_path, json.dumps({"settings": settings, "results": results}, indent=2))
     return {name: results[name] for name in benchmarks}

@@ -5,11 +5,10 @@
     y = x W^T + b + (alpha / r) * B(A(dropout(x)))        A: (r, in), B: (out, r), B starts at zero
 
 and freezes everything else. The base `weight` and `bias` stay the same Parameter objects under the
-same names, so `model.layers.0.self_attn.q_proj.weight` keeps its checkpoint key and nothing is
-copied; A and B live in `q_proj.lora_A.weight` / `q_proj.lora_B.weight`, which are PEFT's names
-minus its `base_model.model.` prefix. `disabled(model)` runs the base model without a second copy,
-which the methods use to generate their targets. Adapters are float32 even on a bf16 base model,
-as PEFT keeps them, so AdamW never updates bf16 weights.
+same names (checkpoint keys unchanged, nothing copied); A and B live in `q_proj.lora_A.weight` /
+`q_proj.lora_B.weight`, PEFT's names minus its `base_model.model.` prefix. `disabled(model)` runs the
+base model without a second copy. Adapters are float32 even on a bf16 base model, as in PEFT, so AdamW
+never updates bf16 weights.
 
 The trap avoided: merging `W += scale * B @ A` in bf16 rounds most of the small update away, and
 merging a module twice adds it twice. `merge_lora` computes the sum in float32, casts once, and puts
@@ -46,10 +45,9 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight  # the same Parameter: no copy, and the state-dict key is unchanged
+        self.weight = base.weight  # the same Parameters: no copy, and the state-dict keys are unchanged
         self.register_parameter("bias", base.bias)
-        self.r, self.alpha, self.dropout = r, alpha, dropout
-        self.scale = alpha / r
+        self.r, self.alpha, self.dropout, self.scale = r, alpha, dropout, alpha / r
         kw = dict(bias=False, device=base.weight.device, dtype=torch.float32)
         self.lora_A = nn.Linear(self.in_features, r, **kw)  # kaiming-uniform init, as PEFT's
         self.lora_B = nn.Linear(r, self.out_features, **kw)
@@ -69,14 +67,18 @@ class LoRALinear(nn.Module):
         return f"{self.in_features}, {self.out_features}, r={self.r}, alpha={self.alpha}, dropout={self.dropout}"
 
 
-def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
-    """{module path: LoRALinear}, in model order."""
+def lora_modules(model: nn.Module) -> dict[str, LoRALinear]:  # {module path: LoRALinear}, in model order
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
+def peft_tensors(model: nn.Module) -> dict[str, nn.Parameter]:
+    """{PEFT key: A or B matrix}: the only parameters training updates, under the names PEFT saves them."""
+    return {f"{PEFT_PREFIX}{name}.{ab}.weight": getattr(m, ab).weight
+            for name, m in lora_modules(model).items() for ab in ("lora_A", "lora_B")}
+
+
 def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The A and B matrices: the only parameters training updates."""
-    params = [p for m in lora_modules(model).values() for p in (m.lora_A.weight, m.lora_B.weight)]
+    params = list(peft_tensors(model).values())
     if not params:
         raise ValueError("the model has no LoRA layers; call lora.apply_lora(model, ...) first")
     return params
@@ -109,23 +111,19 @@ def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
 @contextmanager
 def disabled(model: nn.Module):
     """Run the base model: every adapter is skipped inside the block (nothing is copied or merged)."""
-    modules = list(lora_modules(model).values())
-    before = [m.disabled for m in modules]
-    for m in modules:
+    before = {m: m.disabled for m in lora_modules(model).values()}
+    for m in before:
         m.disabled = True
     try:
         yield model
     finally:
-        for m, d in zip(modules, before):
+        for m, d in before.items():
             m.disabled = d
 
 
 @torch.no_grad()
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Fold every adapter into its base weight (in float32) and put plain nn.Linear layers back, in place.
-
-    Idempotent: a merged model has no LoRA layers left. The merged weights stay frozen.
-    """
+    """Fold every adapter into its base weight (in float32) and put plain, still frozen, Linear layers back."""
     for name, m in lora_modules(model).items():
         delta = (m.lora_B.weight.float() @ m.lora_A.weight.float()) * m.scale  # (out, in)
         m.weight.copy_((m.weight.float() + delta).to(m.weight.dtype))
@@ -135,8 +133,9 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-def adapter_config(model: nn.Module) -> dict:
-    """The adapter_config.json PEFT 0.21 writes for this adapter (the fields older PEFT and vLLM read too)."""
+def save_adapter(model: nn.Module, out_dir) -> Path:
+    """Write adapter_model.safetensors and the adapter_config.json PEFT 0.21 writes (the fields older PEFT and
+    vLLM read too)."""
     modules = list(lora_modules(model).values())
     if not modules:
         raise ValueError("the model has no LoRA layers to save")
@@ -145,30 +144,23 @@ def adapter_config(model: nn.Module) -> dict:
         raise ValueError("PEFT's adapter_config.json holds one r/alpha/dropout, but the LoRA layers differ")
     present = {name.rpartition(".")[2] for name in lora_modules(model)}
     source = getattr(model, "source_dir", None)
-    return {
+    config = {
         "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(source) if source else None,
         "r": r, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": [t for t in MODULES if t in present],
         "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "init_lora_weights": True,
         "inference_mode": True, "modules_to_save": None, "layers_to_transform": None, "layers_pattern": None,
         "rank_pattern": {}, "alpha_pattern": {}, "revision": None,
     }
-
-
-def save_adapter(model: nn.Module, out_dir) -> Path:
-    """Write adapter_model.safetensors (PEFT key names) and adapter_config.json to out_dir."""
     out_dir = Path(out_dir)
-    config = adapter_config(model)
-    tensors = {}
-    for name, m in lora_modules(model).items():
-        tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = m.lora_A.weight.detach().cpu().contiguous()  # (r, in)
-        tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = m.lora_B.weight.detach().cpu().contiguous()  # (out, r)
     out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {key: p.detach().cpu().contiguous() for key, p in peft_tensors(model).items()}  # A (r, in), B (out, r)
     save_file(tensors, out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
     (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     return out_dir
 
 
 def _read_config(folder: Path) -> dict:
+    """adapter_config.json, refusing any PEFT option that plain LoRA would silently ignore."""
     path = folder / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in {folder} (expected a PEFT LoRA adapter folder)")
@@ -181,11 +173,8 @@ def _read_config(folder: Path) -> dict:
         value = cfg.get(key) or default  # null, {} and false all mean "not used"
         if value != default:
             raise ValueError(f"{path}: unsupported {key}={value!r} (this loader reads plain LoRA: {key}={default!r})")
-    targets = cfg.get("target_modules")
-    if targets == "all-linear":  # PEFT's shorthand: every linear layer but the output head
-        targets = list(MODULES)
-    elif isinstance(targets, str):
-        targets = [targets] if targets in MODULES else targets
+    targets = cfg.get("target_modules")  # a list, one name, or "all-linear": every linear layer but the head
+    targets = list(MODULES) if targets == "all-linear" else [targets] if targets in MODULES else targets
     if not isinstance(targets, list) or not set(targets) <= set(MODULES):
         raise ValueError(f"{path}: target_modules={targets!r} is not a list drawn from {', '.join(MODULES)}")
     cfg["target_modules"] = targets
@@ -202,28 +191,19 @@ def load_adapter(model: nn.Module, adapter_dir) -> nn.Module:
     if not lora_modules(model):
         apply_lora(model, r=cfg["r"], alpha=cfg["lora_alpha"], dropout=cfg.get("lora_dropout", 0.0),
                    targets=cfg["target_modules"])
-    modules = lora_modules(model)
-    m0 = next(iter(modules.values()))
+    m0 = next(iter(lora_modules(model).values()))
     if (m0.r, m0.alpha) != (cfg["r"], cfg["lora_alpha"]):
         raise ValueError(f"{folder}: adapter has r={cfg['r']}, alpha={cfg['lora_alpha']}; the model's LoRA layers "
                          f"have r={m0.r}, alpha={m0.alpha}")
-    expected = {}
-    for name, m in modules.items():
-        expected[f"{PEFT_PREFIX}{name}.lora_A.weight"] = m.lora_A.weight
-        expected[f"{PEFT_PREFIX}{name}.lora_B.weight"] = m.lora_B.weight
-    problems, loaded = [], {}
+    expected = peft_tensors(model)
     with open_safetensors(folder / WEIGHTS_FILE) as f:
-        keys = set(f.keys())
-        problems += [f"missing tensor {key}" for key in expected if key not in keys]
-        for key in sorted(keys):
-            if key not in expected:
-                problems.append(f"unexpected tensor {key}")
-                continue
-            t = f.get_tensor(key)
-            if t.shape != expected[key].shape:
-                problems.append(f"tensor {key} has shape {tuple(t.shape)}, the model expects "
-                                f"{tuple(expected[key].shape)}")
-            loaded[key] = t
+        loaded = {key: f.get_tensor(key) for key in sorted(f.keys())}
+    problems = [f"missing tensor {key}" for key in expected if key not in loaded]
+    for key, t in loaded.items():
+        if key not in expected:
+            problems.append(f"unexpected tensor {key}")
+        elif t.shape != expected[key].shape:
+            problems.append(f"tensor {key} has shape {tuple(t.shape)}, the model expects {tuple(expected[key].shape)}")
     if problems:
         raise mismatch_error(f"adapter {folder} does not match the model", problems)
     with torch.no_grad():

@@ -87,13 +87,10 @@ def apply_rope(x, cos, sin):
 
 
 class KVCache:
-    """Keys and values of every layer in one preallocated buffer, shared by all rows of a batch.
-
-    Rows are aligned by slot: slot j of every row was written by the same forward call. Left padding
-    therefore lives in the cache as slots marked invalid; `next_pos` keeps each row's own RoPE position.
-    Only the methods below change the cache; the model calls `begin`, `write` and `advance` once per
-    forward, the sampler `rows`, `filled` and `keep`.
-    """
+    """Keys and values of every layer in one preallocated buffer. Rows are aligned by slot (slot j of every row
+    was written by the same forward), so left padding lives in the cache as invalid slots, and `next_pos` keeps
+    each row's own RoPE position. Only these methods change it: the model calls `begin`, `write` and `advance`
+    once per forward, the sampler `rows`, `filled` and `keep`."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, dtype=torch.float32, device="cpu"):
         shape = (cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)
@@ -106,16 +103,12 @@ class KVCache:
         # so that decoding never waits for the device just to find out that it needs no mask.
         self.padded = False
 
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[3]
-
     def begin(self, new_valid: torch.Tensor, masked: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Claim the next T slots for tokens marked by new_valid (B, T); returns the valid keys (B, S) and the
         new tokens' positions (B, T). `masked`: the caller passed an attention mask, so padding may appear."""
-        T = new_valid.shape[1]
-        if self.length + T > self.max_len:
-            raise ValueError(f"KV cache overflow: {self.length} + {T} tokens > max_len {self.max_len}")
+        T, max_len = new_valid.shape[1], self.k.shape[3]
+        if self.length + T > max_len:
+            raise ValueError(f"KV cache overflow: {self.length} + {T} tokens > max_len {max_len}")
         self.valid[:, self.length:self.length + T] = new_valid
         valid = self.valid[:, :self.length + T]
         if masked:
@@ -238,11 +231,8 @@ class Transformer(nn.Module):
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def _masks(self, T: int, valid, all_valid: bool, cache: KVCache | None):
-        """One boolean attention mask (B, 1, T, S) per distinct window, or None where is_causal is exact.
-
-        valid (B, S) marks the key slots that hold real tokens (all of them, if all_valid); the new
-        queries sit in the last T slots.
-        """
+        """{window: boolean mask (B, 1, T, S), or None where is_causal is exact}. valid (B, S) marks the key slots
+        holding real tokens (all of them, if all_valid); the new queries sit in the last T slots."""
         S = valid.shape[1]
         masks = {}
         for window in set(self.config.layer_windows):
@@ -272,23 +262,19 @@ class Transformer(nn.Module):
         return self.lm_head(x)
 
     def hidden_states(self, input_ids, *, attention_mask=None, positions=None, cache: KVCache | None = None):
-        """input_ids (B, T) -> final normed hidden states (B, T, C), the input of lm_head.
-
-        The loss calls this to apply lm_head only where it scores a token (see ssr/trainer.py).
-        """
+        """input_ids (B, T) -> final normed hidden states (B, T, C), the input of lm_head (which the loss applies
+        only where it scores a token, see ssr/trainer.py)."""
         B, T = input_ids.shape
         new_valid = (torch.ones(B, T, dtype=torch.bool, device=input_ids.device) if attention_mask is None
                      else attention_mask.bool())
         if cache is not None:
-            valid, cache_positions = cache.begin(new_valid, masked=attention_mask is not None)
+            valid, own_positions = cache.begin(new_valid, masked=attention_mask is not None)
             all_valid = not cache.padded
-            positions = cache_positions if positions is None else positions
         else:
-            valid = new_valid
+            valid, own_positions = new_valid, new_valid.long().cumsum(1) - 1
             all_valid = attention_mask is None or bool(new_valid.all())
-            if positions is None:
-                positions = new_valid.long().cumsum(1) - 1
-        positions = positions.clamp(min=0)  # padding slots before a row's first token
+        # clamp: the padding slots before a row's first token get position 0
+        positions = (own_positions if positions is None else positions).clamp(min=0)
         masks = self._masks(T, valid, all_valid, cache)
 
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
@@ -309,13 +295,9 @@ class Transformer(nn.Module):
 
 
 def linear(x, weight, bias=None):
-    """x @ weight.T + bias, as F.linear, except for 1 to 8 rows of float32 on CPU (decoding).
-
-    With the MKL build of PyTorch's CPU wheel, F.linear takes a slow path for a few rows; weight @ x.T
-    streams the weights faster, and for one row against a large matrix (an lm_head) a product with the
-    row twice beats the matrix-vector product. From 16 rows on, and on CUDA, F.linear is as fast or
-    faster (figures in docs/generate.md).
-    """
+    """x @ weight.T + bias, as F.linear, but faster for 1 to 8 rows of float32 on CPU (decoding), where the MKL
+    build of PyTorch's CPU wheel takes a slow path: weight @ x.T streams the weights faster, and for one row
+    against a large matrix (an lm_head) a product with the row twice beats the matrix-vector product."""
     rows = x.numel() // x.shape[-1]
     if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32 or rows > 8
             or (rows == 1 and weight.numel() < 2**24)):

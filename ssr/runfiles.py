@@ -1,12 +1,12 @@
 """Files that survive being killed. Append-only JSONL is the output format of every resumable step (generate,
-judge): a step reads what is already there, skips those records' ids and appends the rest, one whole line per
-record, flushed as it goes. Files written whole (targets, results, settings) replace the old one at once, and
-`check_settings` ties every output to the settings that made it.
+judge): a step skips the ids already there and appends the rest, one whole flushed line per record. Files
+written whole (targets, results, settings) replace the old one at once, and `check_settings` ties every output
+to the settings that made it.
 
-The trap avoided: a run killed mid-write leaves half a line at the end of the file. Appending after it would
-glue the next record onto the fragment and corrupt both, forever. So readers ignore an unterminated last line,
-and the writer cuts it off (or, if it is a complete record that only lacks its newline, terminates it) before
-appending. Only the writer touches the file: a reader may run while the writer is still busy.
+The trap avoided: a run killed mid-write leaves half a line at the end of the file, and appending after it
+would glue the next record onto the fragment and corrupt both. So readers ignore an unterminated last line,
+and the writer cuts it off (or terminates it, if it is a complete record) before appending. Only the writer
+touches the file: a reader may run while the writer is still busy.
 """
 from __future__ import annotations
 
@@ -21,18 +21,15 @@ from typing import Iterable
 def read_records(path: str | Path, *, partial_tail: bool = True) -> list[dict]:
     """All records of a JSONL file ([] if it does not exist), the one JSONL reader of the project.
 
-    partial_tail (outputs being appended to): an unterminated last line counts only if it is valid JSON, else
-    it is a fragment left by a killed writer and is ignored. With partial_tail=False (task files, written by
-    people) every line must be valid. A malformed line is an error naming the file and its 1-based line.
+    partial_tail (outputs being appended to): an unterminated last line counts only if it is valid JSON. With
+    partial_tail=False (task files, written by people) every line must be valid. A malformed line is an error
+    naming the file and its 1-based line.
     """
     path = Path(path)
     if not path.exists():
         return []
     lines = path.read_bytes().split(b"\n")
-    tail = lines.pop()  # after the last newline: b"" when the file ends cleanly
-    if tail.strip() and not partial_tail:
-        lines.append(tail)
-        tail = b""
+    tail = lines.pop() if partial_tail else b""  # after the last newline: b"" when the file ends cleanly
     records = []
     for n, line in enumerate(lines, 1):
         if line.strip():
@@ -42,15 +39,17 @@ def read_records(path: str | Path, *, partial_tail: bool = True) -> list[dict]:
                 raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-    if tail.strip() and (last := _parse(tail)) is not None:
-        records.append(last)
+    if tail.strip():
+        try:
+            records.append(json.loads(tail))
+        except ValueError:  # a fragment left by a killed writer (bad JSON, or cut inside a UTF-8 character)
+            pass
     return records
 
 
 def append_records(path: str | Path, records: Iterable[dict]) -> int:
-    """Append records, one line each, flushing after every line so that a killed run loses at most the line
-    being written; fsync at the end. `records` may be a generator producing them as work finishes. Returns how
-    many were written."""
+    """Append records (a generator may produce them as work finishes), flushing every line so that a killed
+    run loses at most the line being written; fsync at the end. Returns how many were written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _repair_tail(path)
@@ -101,11 +100,9 @@ def check_settings(path: str | Path, settings: dict, what: str, may_change: tupl
 
 @contextmanager
 def atomic_dir(final: Path):
-    """Yield a temporary folder that replaces `final` once all of it is written and synced to disk.
-
-    A crash leaves the old folder or the new one, never a mix: between the two renames the old one
-    sits at `final.old` (the trainer's latest_checkpoint falls back to it).
-    """
+    """Yield a temporary folder that replaces `final` once all of it is synced to disk. A crash leaves the old
+    folder or the new one, never a mix: between the renames the old one sits at `final.old` (the trainer's
+    latest_checkpoint falls back to it)."""
     tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -128,26 +125,19 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _parse(line: bytes) -> dict | None:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError:
-        return None
-
-
 def _repair_tail(path: Path) -> None:
     """Make the file end in a newline: cut off a partial last line, or terminate a complete one."""
     if not path.exists() or path.stat().st_size == 0:
         return
-    with open(path, "rb") as f:
+    with open(path, "r+b") as f:
         f.seek(-1, os.SEEK_END)
         if f.read(1) == b"\n":
             return
-    data = path.read_bytes()  # the rare repair only: find where the last line starts
-    start = data.rfind(b"\n") + 1
-    with open(path, "r+b") as f:
-        if data[start:].strip() and _parse(data[start:]) is not None:
-            f.seek(0, os.SEEK_END)
-            f.write(b"\n")
-        else:
+        f.seek(0)
+        data = f.read()  # the rare repair only: find where the last line starts
+        start = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[start:])
+            f.write(b"\n")  # a complete record: terminate it (the read left us at the end)
+        except ValueError:
             f.truncate(start)

@@ -1,20 +1,13 @@
 """Batched sampling with a preallocated KV cache: greedy, temperature, top-k, top-p, per-row stops.
 
-Prompts of different lengths share one batch by left padding: each row keeps its own RoPE positions
-(the cache's `next_pos`) and its padding slots are masked, so a row's tokens are the ones it would
-get alone. The prefill runs rows of similar length together, so padding costs little; then one
-token per step for every live row. A row stops on any stop id (or stop string), the loop ends when
-every row has stopped or the budget is spent, and the cache is sized so that it can never overflow.
-Rows that finish are dropped from the batch once half of them are done, so a long answer does not
-keep paying for its short neighbours.
+Prompts of different lengths share one batch by left padding. The prefill runs rows of similar length
+together, so padding costs little; then one token per step for every live row, until each has sampled a
+stop id (or stop string) or the budget is spent. The cache is sized so that it can never overflow.
+`generate_records` runs a task's examples through it into a resumable JSONL file.
 
-`generate_records` runs a task's examples through it into a resumable JSONL file, one record per example.
-
-Traps avoided: batching must not change greedy output. Left padding with per-row positions and
-masked padding keys keeps every row exact (ids equal to one-prompt-at-a-time decoding); right
-padding, shared positions or unmasked padding all give fluent, slightly different text. And records
-land in the order of generation, not of the task file, and a file may hold several modes: read
-them back by (id, mode), never by line number.
+The trap avoided: batching must not change greedy output. Each row keeps its own RoPE positions (the
+cache's `next_pos`) and its padding keys are masked, so its ids equal one-prompt-at-a-time decoding;
+right padding, shared positions or unmasked padding all give fluent, slightly different text.
 """
 from __future__ import annotations
 
@@ -64,24 +57,21 @@ def complete(model: Transformer, prompts: list[list[int]], max_new_tokens: int =
         eos = model.config.eos_token_id
         stop_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     stop_ids = [int(i) for i in stop_ids]
-    device = model.lm_head.weight.device
     if generator is None and seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+        generator = torch.Generator(model.lm_head.weight.device).manual_seed(seed)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths together: less padding
     batch_size = batch_size or len(prompts) or 1
-    out: list[Completion | None] = [None] * len(prompts)
+    out: dict[int, Completion] = {}
     was_training = model.training
     model.eval()  # adapter dropout and the like must be off while generating
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            done = _complete_batch(model, [prompts[i] for i in rows], max_new_tokens, temperature, top_k, top_p,
-                                   stop_ids, generator, stop_strings, tokenizer)
-            for i, c in zip(rows, done):
-                out[i] = c
+            out.update(zip(rows, _complete_batch(model, [prompts[i] for i in rows], max_new_tokens, temperature,
+                                                 top_k, top_p, stop_ids, generator, stop_strings, tokenizer)))
     finally:
         model.train(was_training)
-    return out
+    return [out[i] for i in range(len(prompts))]
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -135,13 +125,18 @@ def _complete_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, s
     live = torch.arange(B, device=device)  # (b,) which prompt each cache row belongs to
     done = torch.zeros(B, dtype=torch.bool, device=device)  # (b,) the row has stopped
     string_end: dict[int, int] = {}  # prompt -> tokens kept, for rows stopped by a stop string
+    window = max(map(len, stop_strings), default=0) + 8  # tokens to decode; a token is at least one character
     check_every = 1 if device.type == "cpu" else 8  # "all done?" waits for the device: not every step on GPUs
     for t in range(max_new_tokens):
         nxt = sample_next(logits, temperature, top_k, top_p, generator)  # (b,)
         tokens[live, t] = nxt
         done |= torch.isin(nxt, stops)
         if stop_strings:
-            done |= _stop_string_hits(tokens, live, done, t, tokenizer, stop_strings, string_end)
+            recent = tokens[live, max(0, t + 1 - window):t + 1].tolist()
+            for b, finished in enumerate(done.tolist()):
+                if not finished and any(s in tokenizer.decode(recent[b]) for s in stop_strings):
+                    done[b] = True
+                    string_end[int(live[b])] = t + 1
         if t == max_new_tokens - 1:
             break
         if stop_strings or (t + 1) % check_every == 0:
@@ -164,10 +159,9 @@ def _complete_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, s
 def _prefill(model, prompts, cache: KVCache) -> torch.Tensor:
     """Run the prompts (longest first) into the cache, right-aligned; returns last-token logits (B, V).
 
-    Rows of similar length are prefilled together, each group padded only to its own longest
-    prompt: a batch with prompts of 60 and 200 tokens computes 260 positions, not 400. A group
-    writes straight into its rows of the shared cache (a contiguous slice is a view), at the slots
-    that end where the longest prompt ends, so decoding then proceeds for all rows at once.
+    Each group of similar length is padded only to its own longest prompt (prompts of 60 and 200 tokens
+    compute 260 positions, not 400) and writes straight into its rows of the shared cache, at the slots that
+    end where the longest prompt ends, so decoding then proceeds for all rows at once.
     """
     T, device = len(prompts[0]), cache.k.device
     logits = []
@@ -180,10 +174,8 @@ def _prefill(model, prompts, cache: KVCache) -> torch.Tensor:
 
 
 def _similar_length_runs(lengths: list[int], slack: int = 32) -> list[tuple[int, int]]:
-    """Split lengths (sorted longest first) into runs [a, b) that pad at most max(slack, 1/8) per row.
-
-    Each run costs one more pass over the weights, which a few dozen padding positions outweigh.
-    """
+    """Split lengths (sorted longest first) into runs [a, b) that pad at most max(slack, 1/8) per row: each run
+    costs one more pass over the weights, which a few dozen padding positions outweigh."""
     runs, a = [], 0
     for i, n in enumerate(lengths):
         if lengths[a] - n > max(slack, lengths[a] // 8):
@@ -193,26 +185,8 @@ def _similar_length_runs(lengths: list[int], slack: int = 32) -> list[tuple[int,
     return runs
 
 
-def _stop_string_hits(tokens, live, done, t, tokenizer, stop_strings, string_end) -> torch.Tensor:
-    """(b,) bool: rows whose text has just completed a stop string; records where each one ends."""
-    window = max(len(s) for s in stop_strings) + 8  # tokens; a token decodes to at least one character
-    hits = torch.zeros_like(done)
-    recent = tokens[live, max(0, t + 1 - window):t + 1].tolist()
-    for b, (row, finished) in enumerate(zip(recent, done.tolist())):
-        if not finished and any(s in tokenizer.decode(row) for s in stop_strings):
-            hits[b] = True
-            string_end[int(live[b])] = t + 1
-    return hits
-
-
 # ---------------------------------------------------------------------------------------------------------
 # a task's examples -> generation records (JSONL, resumable)
-#
-# One record per example: {"id", "mode", "messages", "output", "finish_reason", "prompt_tokens",
-# "output_tokens"}, plus "prefix" in rewrite mode (the prefill; "output" is only its continuation).
-# The work is sorted by prompt length, longest first, so each batch holds prompts of similar length and
-# running out of memory happens at once, not hours in; each finished batch is appended as whole lines,
-# so a killed run loses at most the batch in flight, and a rerun skips the (id, mode) pairs it holds.
 
 
 def prompt_ids(tok, prompt: tasks.Prompt) -> list[int]:
@@ -234,21 +208,20 @@ def generate_records(model, tok, examples: list[tasks.Example], mode: str, out_p
                      seed: int | None = None, stop_strings=(), progress: bool = True) -> list[dict]:
     """Generate what `out_path` lacks for these examples in this mode; returns their records in example order.
 
-    The model is used as given: to generate with the base model of a LoRA model, call this inside
-    `lora.disabled(model)`. Greedy by default, as the methods want for their targets.
+    One record per example: {"id", "mode", "messages", "output", "finish_reason", "prompt_tokens",
+    "output_tokens"}, plus "prefix" in rewrite mode (the prefill; "output" is only its continuation). Records
+    land in order of generation and a file may hold several modes: read them back by (id, mode), never by line.
+    Longest prompts first, so running out of memory happens at once, not hours in; each batch is appended as
+    whole lines, so a killed run loses at most the batch in flight. The model is used as given: for the base
+    model of a LoRA model, call this inside `lora.disabled(model)`. Greedy by default, as the methods want.
     """
     if mode not in tasks.MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(tasks.MODES)}")
     done = {(r["id"], r.get("mode")) for r in read_records(out_path)}
-    todo = []  # (prompt ids, example, prompt)
-    for ex in examples:
-        if (ex.id, mode) not in done:
-            prompt = tasks.build_prompt(ex, mode)
-            todo.append((prompt_ids(tok, prompt), ex, prompt))
-    todo.sort(key=lambda item: -len(item[0]))
+    prompts = [(ex, tasks.build_prompt(ex, mode)) for ex in examples if (ex.id, mode) not in done]
+    todo = sorted(((prompt_ids(tok, p), ex, p) for ex, p in prompts), key=lambda item: -len(item[0]))
 
-    device = model.lm_head.weight.device
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    generator = None if seed is None else torch.Generator(model.lm_head.weight.device).manual_seed(seed)
     new_tokens, start = 0, time.perf_counter()
     with tqdm(total=len(todo), desc=mode, unit="ex", disable=not progress) as bar:
         for i in range(0, len(todo), batch_size):
@@ -267,14 +240,9 @@ def generate_records(model, tok, examples: list[tasks.Example], mode: str, out_p
 
 
 def _record(tok, mode, ids, ex, prompt, completion, stop_strings) -> dict:
-    output = tok.decode(completion.tokens)
-    if stop_strings:
-        output = cut_at(output, stop_strings)
+    output = cut_at(tok.decode(completion.tokens), stop_strings)
     if prompt.prefix:
         output = output.lstrip()  # the continuation of "...step by step." starts with a space or a newline
-    record = {"id": ex.id, "mode": mode, "messages": prompt.messages, "output": output,
-              "finish_reason": completion.finish_reason, "prompt_tokens": len(ids),
-              "output_tokens": len(completion.tokens)}
-    if mode == "rewrite":
-        record["prefix"] = prompt.prefix
-    return record
+    return {"id": ex.id, "mode": mode, "messages": prompt.messages, "output": output,
+            "finish_reason": completion.finish_reason, "prompt_tokens": len(ids),
+            "output_tokens": len(completion.tokens), **({"prefix": prompt.prefix} if mode == "rewrite" else {})}

@@ -5,15 +5,6 @@ Every loader returns `Example`s with a stable `id`, so that generation, judging 
 resumed and joined by id. GSM8K and NQ-open lines carry no id, so the id is the line's position in its
 file: never reorder or filter a task file in place between the steps of a run.
 
-The prompts, one per task and mode:
-- predict (SSR, S3FT): the task as a user asks it. This is also the prompt to train on, so that a
-  self-generated target answers exactly the prompt it is trained with.
-- paraphrase (S3FT): the task and its gold answer; the model restates the gold answer in its own
-  words, keeping its final result (same number, same function, same short answer).
-- rewrite (SDFT): the distillation templates of SDFT's code (sail-sg/sdft, template.py):
-  `gsm8k_distill` for GSM8K, with the assistant turn pre-filled "Great! Let's think step by step.";
-  `alpaca_distill_refer` for the other tasks, as the code does for its other data sets. The output
-  is the continuation of the prefill; the prefill is not part of the target.
 Instructions go in the user turn, never in a system message: the original Mistral template has no
 system role. Chat records keep their own earlier turns and system message.
 """
@@ -102,21 +93,20 @@ def load_task(path: str | Path, task: str | None = None, limit: int | None = Non
     task = task or detect_task(rows[0])
     rows = rows[:limit] if limit else rows
     examples = [to_example(r, i, task, where=f"{path}: record {i}") for i, r in enumerate(rows)]
-    ids = [e.id for e in examples]
-    if len(set(ids)) != len(ids):
+    if len({e.id for e in examples}) != len(examples):
         raise ValueError(f"{path}: duplicate ids")
     return examples
 
 
 # ---------------------------------------------------------------------------------------------------
-# prompts
+# prompts, one per task and mode
 
 MODES = ("predict", "paraphrase", "rewrite")
 
-# ---------------------------------------------------------------------------------------------------
-# predict: {question} is the task text; for MBPP {tests} are its asserts, one per line (as in the MBPP
-# paper's prompt, which is what names the function). Chat records are sent as they are.
-
+# predict (SSR, S3FT): the task as a user asks it. This is also the prompt to train on, so that a
+# self-generated target answers exactly the prompt it is trained with. {question} is the task text; for
+# MBPP {tests} are its asserts, one per line (as in the MBPP paper's prompt, which is what names the
+# function). Chat records are sent as they are.
 PREDICT = {
     "gsm8k": "{question}\n\nSolve the problem step by step. End with a final line of the form "
              "\"The answer is N.\", where N is the final number.",
@@ -125,10 +115,10 @@ PREDICT = {
     "nq": "Answer the question with a short answer (a few words), without explanation.\n\nQuestion: {question}",
 }
 
-# ---------------------------------------------------------------------------------------------------
-# paraphrase (S3FT): {question} is the task text (for chat records, the last user turn), {gold} the
-# gold answer; MBPP shows its tests again, since they fix the function's name.
-
+# paraphrase (S3FT): the task and its gold answer; the model restates the gold answer in its own words,
+# keeping its final result (same number, same function, same short answer). {question} is the task text
+# (for chat records, the last user turn), {gold} the gold answer; MBPP shows its tests again, since they
+# fix the function's name.
 PARAPHRASE = {
     "gsm8k": "Here is a math problem and a correct solution to it.\n\nProblem:\n{question}\n\nSolution:\n{gold}\n\n"
              "Rewrite the solution in your own words, explaining each step, with the same final answer. "
@@ -144,10 +134,11 @@ PARAPHRASE = {
             "Reply with the rewritten response only.",
 }
 
-# ---------------------------------------------------------------------------------------------------
-# rewrite (SDFT): the template's system prompt opens the user turn; {prompt} is the predict prompt's
-# user text (SDFT shows the very query it trains on), {gold} the gold answer.
-
+# rewrite (SDFT): the distillation templates of SDFT's code (sail-sg/sdft, template.py): `gsm8k_distill`
+# for GSM8K, with the assistant turn pre-filled "Great! Let's think step by step."; `alpaca_distill_refer`
+# for the other tasks, as the code does for its other data sets. The template's system prompt opens the
+# user turn; {prompt} is the predict prompt's user text (SDFT shows the very query it trains on), {gold}
+# the gold answer. The output is the continuation of the prefill; the prefill is not part of the target.
 REWRITE = {
     "gsm8k": "You are an expert in math. Below are a math question and its reference answer. Refer to the "
              "reference answer and write a response that appropriately answers the question.\n\n{prompt}\n\n{gold}",
@@ -156,8 +147,6 @@ REWRITE = {
              "### Reference Answer:\n{gold}\n\n### Response:\n",
 }
 REWRITE_PREFIX = {"gsm8k": "Great! Let's think step by step."}  # other tasks: no prefill
-
-# ---------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -177,8 +166,7 @@ def build_prompt(example: Example, mode: str) -> Prompt:
     fields = dict(question=example.question.strip(), tests="\n".join(example.tests), prompt=asked[-1]["content"],
                   gold=clean_gold(example))
     if mode == "paraphrase":
-        text = PARAPHRASE[task].format(**fields)
-        return Prompt(asked[:-1] + [{"role": "user", "content": text}])
+        return Prompt(asked[:-1] + [{"role": "user", "content": PARAPHRASE[task].format(**fields)}])
     text = REWRITE.get(task, REWRITE["other"]).format(**fields)
     return Prompt(asked[:-1] + [{"role": "user", "content": text}], REWRITE_PREFIX.get(task, ""))
 
@@ -201,11 +189,8 @@ def clean_gold(example: Example) -> str:
 
 
 def gold_response(example: Example) -> str:
-    """The gold answer as a training target (SFT, and every method's fallback), in the predict prompt's form.
-
-    GSM8K keeps the dataset's worked solution ending in "#### N"; MBPP's code goes in the ```python
-    block the prompt asks for; NQ answers with its first alias.
-    """
+    """The gold answer as a training target (SFT, and every method's fallback), in the predict prompt's form:
+    GSM8K's worked solution ending in "#### N", MBPP's code in a ```python block, NQ's first alias."""
     if example.task == "mbpp":
         return f"```python\n{clean_gold(example)}\n```"
     return clean_gold(example)

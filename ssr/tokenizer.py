@@ -15,7 +15,6 @@ supervision is mapped back to tokens through character offsets. Traps avoided:
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from tokenizers import Tokenizer as _HFTokenizer
 from tokenizers import decoders, pre_tokenizers
@@ -28,27 +27,14 @@ from ssr.checkpoint import read_json, resolve_model_dir
 Segments = list[tuple[str, bool]]  # (text, supervised); joined, they are the rendered conversation
 
 
-def _check(messages: list[dict]) -> None:
-    if not messages:
-        raise ValueError("empty conversation")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")
-        if m["role"] not in ("system", "user", "assistant"):
-            raise ValueError(f"message {i}: unsupported role {m['role']!r} (system, user, assistant)")
-
-
-def _split_system(messages: list[dict]) -> tuple[str | None, list[dict]]:
-    if messages[0]["role"] == "system":
-        return messages[0]["content"], messages[1:]
-    return None, messages
-
-
-def _alternating(messages: list[dict], template: str) -> None:
-    for i, m in enumerate(messages):
+def _split_system(messages: list[dict], template: str) -> tuple[str | None, list[dict]]:
+    """(the system prompt or None, the other turns), which must alternate user/assistant/user/..."""
+    system, turns = (messages[0]["content"], messages[1:]) if messages[0]["role"] == "system" else (None, messages)
+    for i, m in enumerate(turns):
         if m["role"] != ("user" if i % 2 == 0 else "assistant"):
             raise ValueError(f"{template} template: after the optional system message, roles must alternate "
                              f"user/assistant/user/...; message {i} is {m['role']!r}")
+    return system, turns
 
 
 def chatml(messages, add_generation_prompt, default_system=None, **_) -> Segments:
@@ -69,8 +55,7 @@ def chatml(messages, add_generation_prompt, default_system=None, **_) -> Segment
 def llama2(messages, add_generation_prompt, bos="<s>", eos="</s>", **_) -> Segments:
     # <s>[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{user} [/INST] {assistant} </s><s>[INST] ...
     # The template has no generation prompt: the prompt already ends with " [/INST]".
-    system, turns = _split_system(messages)
-    _alternating(turns, "llama2")
+    system, turns = _split_system(messages, "llama2")
     out: Segments = []
     for i, m in enumerate(turns):
         content = m["content"]
@@ -88,9 +73,9 @@ def mistral(messages, add_generation_prompt, bos="<s>", eos="</s>", **_) -> Segm
     if messages[0]["role"] == "system":
         raise ValueError("the original mistral template has no system role; use chat_template='mistral-2024', "
                          "which folds a system message into the first user turn")
-    _alternating(messages, "mistral")
+    _, turns = _split_system(messages, "mistral")
     out: Segments = [(bos, False)]
-    for m in messages:
+    for m in turns:
         if m["role"] == "user":
             out.append((f"[INST] {m['content']} [/INST]", False))
         else:
@@ -100,8 +85,7 @@ def mistral(messages, add_generation_prompt, bos="<s>", eos="</s>", **_) -> Segm
 
 def mistral_2024(messages, add_generation_prompt, bos="<s>", eos="</s>", **_) -> Segments:
     # The template Mistral checkpoints carry since 2024: <s> [INST] {system}\n\n{user} [/INST] {assistant}</s> ...
-    system, turns = _split_system(messages)
-    _alternating(turns, "mistral-2024")
+    system, turns = _split_system(messages, "mistral-2024")
     out: Segments = [(bos, False)]
     for i, m in enumerate(turns):
         if m["role"] == "user":
@@ -112,23 +96,12 @@ def mistral_2024(messages, add_generation_prompt, bos="<s>", eos="</s>", **_) ->
     return out
 
 
-RENDER = {"chatml": chatml, "llama2": llama2, "mistral": mistral, "mistral-2024": mistral_2024}
-TEMPLATES = tuple(RENDER)
-
-
-def render_template(template: str, messages: list[dict], add_generation_prompt: bool = False, **tokens) -> Segments:
-    """Render a conversation with a named template; `tokens` gives bos, eos and default_system."""
-    if template not in RENDER:
-        raise ValueError(f"unknown chat template {template!r}; choose one of {', '.join(TEMPLATES)}")
-    _check(messages)
-    return RENDER[template](messages, add_generation_prompt, **tokens)
+TEMPLATES = {"chatml": chatml, "llama2": llama2, "mistral": mistral, "mistral-2024": mistral_2024}
 
 
 def detect_template(jinja: str | None) -> tuple[str | None, str | None]:
-    """Name the hand-written template that a checkpoint's Jinja chat_template corresponds to.
-
-    Returns (name, default_system_prompt); name is None when the text is not recognised.
-    """
+    """(name, default system prompt) of the template a checkpoint's Jinja chat_template corresponds to;
+    name is None when the text is not recognised."""
     if not jinja:
         return None, None
     if "<|im_start|>" in jinja:
@@ -148,44 +121,16 @@ def detect_template(jinja: str | None) -> tuple[str | None, str | None]:
 # the tokenizer
 
 
-def _token_text(value) -> str | None:
-    # tokenizer_config writes special tokens as plain strings or as {"content": ...} dicts
-    if isinstance(value, dict):
-        return value.get("content")
-    return value
-
-
-def _as_list(value) -> list[int]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _rebuild_sentencepiece_pipeline(tk: _HFTokenizer, cfg: dict) -> None:
-    """Metaspace pre-tokenizer as transformers' LlamaTokenizer builds it (see module docstring)."""
-    add_prefix_space = cfg.get("add_prefix_space")
-    add_prefix_space = True if add_prefix_space is None else add_prefix_space
-    scheme = ("always" if cfg.get("legacy", False) else "first") if add_prefix_space else "never"
-    tk.normalizer = None
-    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
-    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-    if add_prefix_space:
-        steps.append(decoders.Strip(content=" ", left=1))
-    tk.decoder = decoders.Sequence(steps)
-
-
 class Tokenizer:
     def __init__(self, tk: _HFTokenizer, *, bos_id=None, eos_id=None, stop_ids=(), pad_id=None, add_bos=False,
                  chat_template: str | None = None, default_system: str | None = None, source: str = "?"):
+        if chat_template is not None and chat_template not in TEMPLATES:
+            raise ValueError(f"unknown chat template {chat_template!r}; choose one of {', '.join(TEMPLATES)}")
         self.tk = tk
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
         self.add_bos = add_bos and bos_id is not None  # whether plain text (not chat) starts with BOS
         self.stop_ids = list(dict.fromkeys(i for i in [eos_id, *stop_ids] if i is not None))
         self.chat_template, self.default_system, self.source = chat_template, default_system, source
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tk.get_vocab_size(with_added_tokens=True)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, no BOS/EOS added (special tokens written in the text are still matched)."""
@@ -194,17 +139,21 @@ class Tokenizer:
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         return self.tk.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def token(self, text: str) -> int | None:
-        return self.tk.token_to_id(text)
-
-    def _segments(self, messages, add_generation_prompt):
+    def _segments(self, messages: list[dict], add_generation_prompt: bool) -> Segments:
         if self.chat_template is None:
             raise ValueError(f"{self.source} has no chat template this project recognises; pass "
                              f"chat_template= one of {', '.join(TEMPLATES)} to load_tokenizer")
-        return render_template(self.chat_template, messages, add_generation_prompt,
-                           bos=self.tk.id_to_token(self.bos_id) if self.bos_id is not None else "",
-                           eos=self.tk.id_to_token(self.eos_id) if self.eos_id is not None else "",
-                           default_system=self.default_system)
+        if not messages:
+            raise ValueError("empty conversation")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r}")
+            if m["role"] not in ("system", "user", "assistant"):
+                raise ValueError(f"message {i}: unsupported role {m['role']!r} (system, user, assistant)")
+        return TEMPLATES[self.chat_template](
+            messages, add_generation_prompt, default_system=self.default_system,
+            bos=self.tk.id_to_token(self.bos_id) if self.bos_id is not None else "",
+            eos=self.tk.id_to_token(self.eos_id) if self.eos_id is not None else "")
 
     def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         """The conversation as text, exactly what apply_chat_template encodes."""
@@ -218,8 +167,7 @@ class Tokenizer:
         straddles a prompt/answer seam (SentencePiece "▁Hello") counts as supervised.
         """
         segments = self._segments(messages, add_generation_prompt)
-        text = "".join(t for t, _ in segments)
-        enc = self.tk.encode(text, add_special_tokens=False)
+        enc = self.tk.encode("".join(t for t, _ in segments), add_special_tokens=False)
         if not return_mask:
             return enc.ids
         spans, pos = [], 0  # character spans of the supervised segments
@@ -227,12 +175,8 @@ class Tokenizer:
             if supervised:
                 spans.append((pos, pos + len(t)))
             pos += len(t)
-        mask = []
-        for s, e in enc.offsets:
-            if s == e:  # a zero-width token sits at its position
-                mask.append(int(any(a <= s < b for a, b in spans)))
-            else:
-                mask.append(int(any(s < b and e > a for a, b in spans)))
+        # a token is supervised if it overlaps a supervised span; a zero-width one, if it sits inside one
+        mask = [int(any(a <= s < b if s == e else s < b and e > a for a, b in spans)) for s, e in enc.offsets]
         return enc.ids, mask
 
     def show_mask(self, ids: list[int], mask: list[int]) -> str:
@@ -244,6 +188,12 @@ class Tokenizer:
                 out.append(f"⟦{piece}⟧" if mask[start] else piece)
                 start = i
         return "".join(out)
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def load_tokenizer(path_or_name, chat_template: str | None = None) -> Tokenizer:
@@ -260,19 +210,28 @@ def load_tokenizer(path_or_name, chat_template: str | None = None) -> Tokenizer:
         tk = _HFTokenizer.from_file(str(tok_file))
     except Exception as e:  # the tokenizers library's message does not name the file
         raise ValueError(f"{tok_file}: not a readable tokenizer.json ({e})") from None
-    cfg = read_json(folder / "tokenizer_config.json")
-    special = read_json(folder / "special_tokens_map.json")
-    gen = read_json(folder / "generation_config.json")
-    model_cfg = read_json(folder / "config.json")
+    cfg, special, gen, model_cfg = (read_json(folder / name) for name in (
+        "tokenizer_config.json", "special_tokens_map.json", "generation_config.json", "config.json"))
 
     is_llama = cfg.get("tokenizer_class") in ("LlamaTokenizer", "LlamaTokenizerFast")
-    if is_llama and '"ByteLevel"' not in tok_file.read_text(encoding="utf-8"):  # a SentencePiece Llama
-        _rebuild_sentencepiece_pipeline(tk, cfg)
+    if is_llama and '"ByteLevel"' not in tok_file.read_text(encoding="utf-8"):
+        # a SentencePiece Llama: the Metaspace pre-tokenizer as transformers' LlamaTokenizer builds it
+        add_prefix_space = cfg.get("add_prefix_space")
+        add_prefix_space = True if add_prefix_space is None else add_prefix_space
+        scheme = ("always" if cfg.get("legacy", False) else "first") if add_prefix_space else "never"
+        tk.normalizer = None
+        tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
+        steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        if add_prefix_space:
+            steps.append(decoders.Strip(content=" ", left=1))
+        tk.decoder = decoders.Sequence(steps)
 
     def special_id(name: str) -> int | None:
         key = f"{name}_token"
         if key in cfg or key in special:  # a null here means the model has no such token
-            text = _token_text(cfg[key] if key in cfg else special[key])
+            text = cfg[key] if key in cfg else special[key]
+            if isinstance(text, dict):  # written as a plain string or as {"content": ...}
+                text = text.get("content")
             if text is None:
                 return None
             token_id = tk.token_to_id(text)
@@ -285,17 +244,12 @@ def load_tokenizer(path_or_name, chat_template: str | None = None) -> Tokenizer:
                 return ids[0]
         return None
 
-    eos_id = special_id("eos")
-    stop_ids = _as_list(gen.get("eos_token_id")) + _as_list(model_cfg.get("eos_token_id"))
-
     template = cfg.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
     detected, default_system = detect_template(template)
-    if chat_template is not None and chat_template not in TEMPLATES:
-        raise ValueError(f"unknown chat template {chat_template!r}; choose one of {', '.join(TEMPLATES)}")
-    return Tokenizer(tk, bos_id=special_id("bos"), eos_id=eos_id, stop_ids=stop_ids, pad_id=special_id("pad"),
-                     add_bos=cfg.get("add_bos_token", is_llama),
-                     chat_template=chat_template or detected,
-                     default_system=default_system if (chat_template or detected) == "chatml" else None,
-                     source=str(folder))
+    chat_template = chat_template or detected
+    return Tokenizer(tk, bos_id=special_id("bos"), eos_id=special_id("eos"), pad_id=special_id("pad"),
+                     stop_ids=_as_list(gen.get("eos_token_id")) + _as_list(model_cfg.get("eos_token_id")),
+                     add_bos=cfg.get("add_bos_token", is_llama), chat_template=chat_template,
+                     default_system=default_system if chat_template == "chatml" else None, source=str(folder))

@@ -4,15 +4,12 @@ Read it top to bottom: `TrainConfig`; `loss`, the one function to edit to change
 optimises (docs/loss.md has worked variants); the data, conversations -> (ids, mask, source) ->
 micro-batches by token budget; `train_step`; `train`; checkpoints.
 
-One optimizer step takes `grad_accum` micro-batches. The whole run's plan, which samples go into
-which micro-batch of which step, is a pure function of the sample lengths and the seed, so the step
-number alone says where the data stand; the learning rate is a pure function of the step too. A
-checkpoint holds the adapter (PEFT format), AdamW's state and torch's RNG (LoRA dropout draws from
-it), and is swapped in atomically. Traps avoided: with gradient accumulation, averaging each
-micro-batch on its own weights a token of a short answer more than a token of a long one, so the
-loss is divided by the supervised tokens of the whole step; and a resumed run that silently differs
-from an uninterrupted one: everything that decides the next step is restored, the metrics file is cut
-back to the checkpoint's step, and a resume with other data or settings is refused.
+One optimizer step takes `grad_accum` micro-batches. Which samples go into which micro-batch of which
+step is a pure function of the sample lengths and the seed, and the learning rate one of the step, so
+the step number alone says where a run stands. The trap avoided: a resumed run that silently differs
+from an uninterrupted one. A checkpoint (swapped in atomically) holds the adapter, AdamW's state and
+torch's RNG (LoRA dropout draws from it); the metrics file is cut back to its step; and a resume with
+other data or settings is refused.
 
 Outputs under out_dir: metrics.jsonl (one line a step), checkpoint/ (the latest), adapter/ (the final one).
 """
@@ -69,6 +66,8 @@ class Batch:
 def loss(model, batch: Batch, n_tokens: int) -> torch.Tensor:
     """Summed cross-entropy of the supervised tokens, divided by n_tokens: the supervised tokens of the whole
     optimizer step (all its micro-batches), so that k micro-batches give the gradient of one big batch.
+    Averaging each micro-batch on its own instead would weight a token of a short answer more than a
+    token of a long one.
 
     Position t predicts token t + 1, so the hidden state *before* each supervised token is scored, and
     lm_head runs only on those rows: the prompt and padding never cost a (T, vocab) logits tensor.
@@ -102,11 +101,8 @@ class Sample:
 
 def encode(tok, conversations: list[list[dict]], max_len: int, sources: list[str] | None = None
            ) -> tuple[list[Sample], dict]:
-    """Tokenise conversations with the chat template; returns the samples and counts of what was cut.
-
-    A conversation longer than max_len is truncated from the right; one that keeps no supervised
-    token is dropped.
-    """
+    """Tokenise conversations with the chat template; returns the samples and counts of what was cut: a
+    conversation longer than max_len is truncated from the right, one left with no supervised token dropped."""
     samples, truncated, dropped = [], 0, 0
     for i, messages in enumerate(conversations):
         ids, mask = tok.apply_chat_template(messages, return_mask=True)
@@ -207,28 +203,29 @@ def train_step(model, opt, batches: list[Batch], lr: float, max_grad_norm: float
 
 def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool = False,
           progress: bool = True) -> list[dict]:
-    """Fine-tune the model's LoRA adapters on samples; returns this call's per-step metrics.
-
-    With resume=True a run continues from out_dir/checkpoint (or starts, if there is none yet).
-    """
+    """Fine-tune the model's LoRA adapters on samples; returns this call's per-step metrics. With resume=True
+    a run continues from out_dir/checkpoint (or starts, if there is none yet)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = model.lm_head.weight.device
     opt = make_optimizer(model, cfg)
     plan = make_plan([len(s.ids) for s in samples], cfg)
-    fingerprint = data_fingerprint(samples)
     metrics_file = out_dir / "metrics.jsonl"
+    fingerprint = hashlib.sha256(b"".join(json.dumps([s.ids, s.mask, s.source]).encode() for s in samples)).hexdigest()
 
-    ckpt = latest_checkpoint(out_dir)
+    # the latest checkpoint; checkpoint.old is the previous one, left by a crash in the middle of a swap
+    ckpt = next((out_dir / name for name in ("checkpoint", "checkpoint.old")
+                 if (out_dir / name / "state.json").is_file()), None)
     if ckpt is not None and not resume:
         raise FileExistsError(f"{out_dir} already holds a run (checkpoint at {ckpt}): continue it "
                               "(resume=True; rerunning train.py does), or choose another output folder")
-    check_settings(out_dir / "train.json", {**asdict(cfg), "data_fingerprint": fingerprint}, f"training run {out_dir}",
-                   may_change=RESUMABLE_CHANGES)
-    start = 0
+    check_settings(out_dir / "train.json", {**asdict(cfg), "data_fingerprint": fingerprint},
+                   f"training run {out_dir}", may_change=RESUMABLE_CHANGES)
+    start = saved_at = 0  # saved_at: the step of the last checkpoint written, 0 if none
     if ckpt is not None:
-        start = load_checkpoint(ckpt, model, opt)
-        cut_metrics(metrics_file, start)
+        start = saved_at = load_checkpoint(ckpt, model, opt)
+        if metrics_file.is_file():  # drop the steps after the checkpoint: they are logged again
+            write_records(metrics_file, [r for r in read_records(metrics_file) if r["step"] <= start])
         print(f"resuming {out_dir} after step {start} of {len(plan)}")
     else:
         if resume:
@@ -239,7 +236,7 @@ def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool 
     model.train()
     model.checkpointing = cfg.checkpointing
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
-    history, saved_at = [], start if ckpt is not None else None  # saved_at: the last checkpoint's step
+    history = []
     bar = tqdm(total=len(plan), initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     t_start = time.perf_counter()
     with open(metrics_file, "a") as log:
@@ -262,15 +259,13 @@ def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool 
             row = {"step": step + 1, "epoch": epoch, "loss": stats["loss"], "lr": lr, "grad_norm": stats["grad_norm"],
                    "tokens": stats["tokens"], "input_tokens": input_tokens, "tokens_per_s": input_tokens / seconds,
                    "elapsed_s": time.perf_counter() - t_start}
-            log.write(json.dumps(row) + "\n")
-            log.flush()
+            print(json.dumps(row), file=log, flush=True)
             history.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
             if step + 1 == len(plan) or (cfg.save_every and (step + 1) % cfg.save_every == 0):
-                position = {"step": step + 1, "epoch": epoch,
-                            "step_in_epoch": sum(e == epoch for e, _ in plan[:step + 1])}
-                save_checkpoint(out_dir, model, opt, position)
+                save_checkpoint(out_dir, model, opt, {"step": step + 1, "epoch": epoch,
+                                                      "step_in_epoch": sum(e == epoch for e, _ in plan[:step + 1])})
                 saved_at = step + 1
     bar.close()
     model.eval()
@@ -279,27 +274,12 @@ def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool 
     return history
 
 
-# ---- checkpoints -------------------------------------------------------------------------------------------
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    for name in ("checkpoint", "checkpoint.old"):
-        if (out_dir / name / "state.json").is_file():
-            return out_dir / name
-    return None
-
-
-def data_fingerprint(samples: list[Sample]) -> str:
-    h = hashlib.sha256()
-    for s in samples:
-        h.update(json.dumps([s.ids, s.mask, s.source]).encode())
-    return h.hexdigest()
+# ---------------------------------------------------------------------------------------------------------
+# checkpoints: the settings and data a run belongs to are in out_dir/train.json
 
 
 def save_checkpoint(out_dir: Path, model, opt, position: dict) -> None:
-    """position: steps done, and the epoch and step within it they end in (the data order of an epoch is a
-    function of the seed and the epoch, so this is where the data stand). The settings and data it belongs
-    to are in out_dir/train.json."""
+    """position: steps done, and the epoch and step within it they end in (where the data stand)."""
     with atomic_dir(out_dir / "checkpoint") as tmp:
         lora.save_adapter(model, tmp / "adapter")
         rng = {"torch": torch.get_rng_state(),
@@ -310,17 +290,11 @@ def save_checkpoint(out_dir: Path, model, opt, position: dict) -> None:
 
 def load_checkpoint(ckpt: Path, model, opt) -> int:
     """Restore adapter, optimizer and RNG states from a checkpoint; returns the number of steps done."""
-    state = json.loads((ckpt / "state.json").read_text())
+    steps = json.loads((ckpt / "state.json").read_text())["step"]
     lora.load_adapter(model, ckpt / "adapter")
-    trainer_state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
-    opt.load_state_dict(trainer_state["optimizer"])
-    torch.set_rng_state(trainer_state["rng"]["torch"])
-    if trainer_state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(trainer_state["rng"]["cuda"])
-    return state["step"]
-
-
-def cut_metrics(path: Path, last_step: int) -> None:
-    """Drop the metrics lines after last_step: a resumed run logs those steps again."""
-    if path.is_file():  # read_records leaves out a line cut short by the crash
-        write_records(path, [r for r in read_records(path) if r["step"] <= last_step])
+    state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return steps
