@@ -15,11 +15,11 @@ The trap avoided in each:
 from __future__ import annotations
 
 import ast
-import builtins
 import os
 import re
 import string
 import unicodedata
+import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from decimal import Decimal
@@ -121,32 +121,70 @@ def gsm8k(output: str, reference: str) -> Verdict:
 
 _FENCE = re.compile(r"```[ \t]*(?P<lang>[\w+.-]*)[^\n]*\n(?P<code>.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = ("", "python", "python3", "py")
+_DEFINITION = re.compile(r"^[ \t]*(?:async[ \t]+def|def|class)[ \t]+\w", re.MULTILINE)
+# Where unfenced code starts after a line of prose: a definition, a decorator or an import at column 0.
+_CODE_START = re.compile(r"(?:async\s+)?def\s+\w+\s*\(|class\s+\w+\s*[(:]|@[\w.]+|"
+                         r"import\s+[\w.]+\s*(?:,|\bas\b|$)|from\s+[\w.]+\s+import\b")
 
 
-def _called_names(tests: Iterable[str]) -> set[str]:
-    """Functions the tests call that are not builtins: what the program has to define."""
-    names = set()
-    for test in tests:
-        try:
-            tree = ast.parse(test)
-        except SyntaxError:
-            continue
-        names |= {node.func.id for node in ast.walk(tree)
-                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
-    return {name for name in names if not hasattr(builtins, name)}
+# Parsing model code (to find where it starts and ends) is not running it: its invalid escapes ("\d" in a
+# plain string) would print a DeprecationWarning per answer. Filtered by file name, which unlike
+# warnings.catch_warnings is safe with the judging threads.
+_PARSED = "<model output>"
+warnings.filterwarnings("ignore", module=re.escape(_PARSED))
+
+
+def _parse(code: str) -> ast.Module | None:
+    try:
+        return ast.parse(code, _PARSED)
+    except (SyntaxError, ValueError):  # ValueError: a null byte
+        return None
+
+
+def _defines_something(block: str) -> bool:
+    """A block with a top-level def, class or import is part of the program; one with only calls, prints,
+    asserts or an output listing is a usage example. A block that does not parse counts when it has a def or
+    class (a cut-off or broken program must fail as one), not when it is a `>>>` session or printed output."""
+    tree = _parse(block)
+    if tree is None:
+        return _DEFINITION.search(block) is not None
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom))
+               for node in tree.body)
+
+
+def _without_prose(text: str) -> str:
+    """Unfenced code with prose around it: from the top, or else from the first line that starts a definition
+    or an import, the longest stretch that parses and defines something, cut only before an unindented line
+    (never inside a function)."""
+    if _parse(text) is not None:
+        return text
+    lines = text.split("\n")
+    starts = [0] + [next((i for i, line in enumerate(lines) if _CODE_START.match(line)), 0)]
+    for start in dict.fromkeys(starts):
+        for end in range(len(lines), start, -1):
+            if end < len(lines) and lines[end][:1] in (" ", "\t"):
+                continue
+            code = "\n".join(lines[start:end])
+            if _parse(code) is not None:
+                if _defines_something(code):
+                    return code
+                break  # the longest stretch from here is not a program; shorter ones are not either
+    return text  # broken code: let it fail as a SyntaxError
 
 
 def extract_code(output: str, tests: Iterable[str] = ()) -> str:
-    """The program in a model's answer: the first fenced Python block that defines a function the tests call,
-    else the first fenced Python block, else the whole output. An unclosed fence (a generation cut short)
-    runs to the end of the text."""
+    """The program in a model's answer, however it is laid out:
+    - fenced blocks (tagged python/py/python3 or untagged): every block that defines something, joined in
+      order, so a helper class in one block and the function in the next run together, and a later
+      definition replaces an earlier one as in Python; usage, `>>>` and output blocks are left out (if that
+      leaves nothing, the first block). An unclosed fence (a generation cut short) runs to the end.
+    - no fence: the text without the prose before and after the code.
+    `tests` is not needed any more (the layout decides) and is accepted for older callers."""
     blocks = [m["code"] for m in _FENCE.finditer(output) if m["lang"].lower() in _PYTHON_TAGS]
-    wanted = _called_names(tests)
-    for block in blocks:
-        if any(re.search(rf"^\s*(?:async\s+)?(?:def|class)\s+{re.escape(name)}\b", block, re.MULTILINE)
-               for name in wanted):
-            return block
-    return blocks[0] if blocks else output
+    if not blocks:
+        return _without_prose(output)
+    program = [block for block in blocks if _defines_something(block)]
+    return "".join(block.rstrip("\n") + "\n" for block in program) if program else blocks[0]
 
 
 def mbpp(output: str, tests: Sequence[str], setup: str = "", *, timeout: float = DEFAULT_TIMEOUT) -> Verdict:

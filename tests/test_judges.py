@@ -11,15 +11,6 @@ from ssr import judges
 from ssr.jsonl import append_records, read_records
 from ssr.tasks import Example, load_task
 
-# Official MBPP solutions that do not pass their own test_list under the default judge, with the kind of
-# failure and why. This copy of mbpp.jsonl already has the fixes for tasks 341 (ordered tuples) and 596
-# (sys.getsizeof instead of hard-coded sizes); older copies fail those two as well.
-KNOWN_BROKEN_MBPP = {
-    "123": ("timeout", "correct but slow: the O(n^2) divisor sums for amicable_numbers_sum(9999) take about "
-                       "4 s of CPU, past the 5 s limit when the machine is busy; it passes on an idle fast one"),
-}
-
-
 # --------------------------------------------------------------------------------------------------------
 # GSM8K
 
@@ -103,18 +94,20 @@ def test_gsm8k_verdict_reasons():
 # --------------------------------------------------------------------------------------------------------
 # MBPP
 
-def test_every_official_mbpp_solution_passes_except_the_known_broken(shared):
+@pytest.mark.filterwarnings("ignore:invalid escape sequence")  # in some solutions' regexes; not our concern
+def test_every_official_mbpp_solution_passes(shared):
     examples = load_task(shared / "data" / "mbpp" / "mbpp.jsonl")
     assert len(examples) == 974
     start = time.monotonic()
     verdicts = judges.mbpp_batch([(ex.gold, ex.tests, ex.setup) for ex in examples])
     elapsed = time.monotonic() - start
     failed = {ex.id: v for ex, v in zip(examples, verdicts) if not v.correct}
-    unexpected = {i: v for i, v in failed.items() if i not in KNOWN_BROKEN_MBPP}
-    assert not unexpected, unexpected
-    for task_id, verdict in failed.items():
-        assert verdict.kind == KNOWN_BROKEN_MBPP[task_id][0], (task_id, verdict)
-    assert all(v.reason == "passed 3 tests" for ex, v in zip(examples, verdicts) if ex.id not in failed)
+    # A wall-clock limit depends on the load: task 123 (amicable_numbers_sum(9999), O(n^2)) needs ~3 s of CPU
+    # and can pass 5 s while sharing 2 cores with 3 other programs. Alone it must pass, like every other one.
+    assert all(v.kind == "timeout" for v in failed.values()), failed
+    alone = {i: judges.mbpp(ex.gold, ex.tests, ex.setup) for ex in examples if (i := ex.id) in failed}
+    assert all(v.correct for v in alone.values()), alone
+    assert all(v.reason == f"passed {len(ex.tests)} tests" for ex, v in zip(examples, verdicts) if ex.id not in failed)
     assert elapsed < 120, f"judging all 974 took {elapsed:.0f} s on {os.cpu_count()} cores"
 
 
@@ -148,11 +141,59 @@ def test_mbpp_setup_runs_after_the_program_and_before_the_tests():
     assert verdict.reason == "NameError in setup"
 
 
-def test_extract_code_picks_the_block_defining_the_tested_function():
+def test_extract_code_joins_the_blocks_that_define_something():
     output = "```python\nx = 1\n```\n```py\ndef helper(): pass\ndef add(a, b): return a + b\n```"
-    assert judges.extract_code(output, TESTS).startswith("def helper")
-    assert judges.extract_code(output).strip() == "x = 1"  # no tests: the first Python block
-    assert judges.extract_code("```bash\nls\n```\ndef add(a, b): pass") == "```bash\nls\n```\ndef add(a, b): pass"
+    assert judges.extract_code(output, TESTS).startswith("def helper")  # a usage block is left out
+    assert judges.extract_code("```python\nprint(1)\n```") == "print(1)\n"  # unless it is all there is
+    assert judges.extract_code("```bash\nls\n```\ndef add(a, b): pass") == "def add(a, b): pass"
+    assert judges.extract_code("```python\nimport math\n```\n```\ndef f(): pass\n```") == \
+        "import math\ndef f(): pass\n"
+
+
+# Layouts of a correct `add` as models write them; each must pass through judges.mbpp, as in the reference
+# harnesses (which import or exec the program rather than run it as a script).
+MAIN_DEMO_INPUT = "def add(a, b):\n    return a + b\n\nif __name__ == \"__main__\":\n    a = int(input())\n    print(add(a, 1))\n"
+MAIN_DEMO_WRONG_CHECK = ("def add(a, b):\n    return a + b\n\nif __name__ == '__main__':\n"
+                         "    print(add(1, 1) == 3)  # a wrong self-check\n    assert add(1, 1) == 3\n")
+HELPER_IN_ITS_OWN_BLOCK = ("First a helper class:\n```python\nclass Adder:\n    def go(self, a, b):\n"
+                           "        return a + b\n```\nThen the function:\n```python\ndef add(a, b):\n"
+                           "    return Adder().go(a, b)\n```\nExample:\n```python\nprint(add(1, 2))\n```\n"
+                           "Output:\n```\n3\n```\n")
+UNFENCED_THEN_PROSE = ("def add(a, b):\n    # plain addition\n    return a + b\n\n"
+                       "This function returns the sum of a and b. It runs in O(1) time.\n")
+PROSE_UNFENCED_PROSE = "Here is the function:\n\ndef add(a, b):\n    return a + b\n\nExplanation: we add them."
+DOCTEST_BLOCK_FIRST = "```python\n>>> add(1, 2)\n3\n```\n```python\ndef add(a, b):\n    return a + b\n```"
+IMPROVED_VERSION = ("```python\ndef add(a, b):\n    return a - b\n```\nOops, fixed:\n```python\n"
+                    "def add(a, b):\n    return a + b\n```")
+
+
+@pytest.mark.parametrize("output", [MAIN_DEMO_INPUT, MAIN_DEMO_WRONG_CHECK, HELPER_IN_ITS_OWN_BLOCK,
+                                    UNFENCED_THEN_PROSE, PROSE_UNFENCED_PROSE, DOCTEST_BLOCK_FIRST,
+                                    IMPROVED_VERSION])
+def test_mbpp_layouts_of_a_correct_function_pass(output):
+    assert judges.mbpp(output, TESTS, timeout=2) == judges.Verdict(True, "passed 3 tests", "passed")
+
+
+@pytest.mark.parametrize("output, reason", [
+    (MAIN_DEMO_INPUT.replace("a + b", "a * b"), "AssertionError in test 1"),  # a wrong function still fails
+    (HELPER_IN_ITS_OWN_BLOCK.replace("class Adder", "class Summer"), "NameError in test 1"),
+    (UNFENCED_THEN_PROSE.replace("a + b", "a + b + 1"), "AssertionError in test 1"),
+    (IMPROVED_VERSION.replace("a + b", "b - a"), "AssertionError in test 1"),  # the last definition counts
+    ("def add(a, b):\n    return a +\n\nThis adds.", "SyntaxError in program"),
+    ("```python\ndef add(a, b)\n    return a + b\n```", "SyntaxError in program"),
+])
+def test_mbpp_layouts_of_a_wrong_function_fail(output, reason):
+    assert judges.mbpp(output, TESTS, timeout=2).reason == reason
+
+
+def test_mbpp_function_shadowing_a_builtin_passes_with_its_gold(shared):
+    task = {ex.id: ex for ex in load_task(shared / "data" / "mbpp" / "mbpp.jsonl")}["126"]  # defines `sum`
+    assert "def sum(" in task.gold
+    usage_first = f"```python\nprint(sum(10, 15))\n```\n```python\n{task.gold}\n```"
+    for output in (task.gold, f"```python\n{task.gold}\n```", usage_first, task.gold + "\n\nThis sums the divisors."):
+        assert judges.mbpp(output, task.tests, task.setup).correct, output
+    wrong = task.gold.replace("sum += i", "sum += 1")
+    assert judges.mbpp(wrong, task.tests, task.setup).reason == "AssertionError in test 1"
 
 
 # --------------------------------------------------------------------------------------------------------
