@@ -230,20 +230,27 @@ def _light(text: str) -> str:
 
 def nq(output: str, answers: Sequence[str], mode: str = "contains") -> Verdict:
     """Match the output against every alias. "contains" (default): some normalised alias occurs in the
-    normalised output as whole words. "exact": the normalised output equals a normalised alias."""
+    normalised output as whole words. "exact": the normalised output equals a normalised alias.
+
+    An alias without a letter or digit (")", "---", "*" are in the dev set) matches nothing: "contains" would
+    accept any output with a bracket or a markdown star. One whose letters are all articles ("A+", the blood
+    type) normalises to nothing but is a real answer: it is compared as written, case-insensitively."""
     if mode not in NQ_MODES:
         raise ValueError(f"unknown NQ mode {mode!r}; expected one of {NQ_MODES}")
     if not answers:
         raise ValueError("no reference answers")
+    usable = [alias for alias in answers if any(ch.isalnum() for ch in alias)]
+    if not usable:
+        return Verdict(False, f"no usable alias in {list(answers)!r}", "no usable alias")
     said = normalize_answer(output)
-    for alias in answers:
+    for alias in usable:
         gold = normalize_answer(alias)
         if gold:
             hit = said == gold if mode == "exact" else f" {gold} " in f" {said} "
-        else:  # an alias made only of punctuation and articles ("A+", "---"): compare it as written
+        else:
             gold = _light(alias)
-            hit = bool(gold) and (_light(output) == gold if mode == "exact" else
-                                  re.search(rf"(?<!\w){re.escape(gold)}(?!\w)", _light(output)) is not None)
+            hit = _light(output) == gold if mode == "exact" else \
+                re.search(rf"(?<!\w){re.escape(gold)}(?!\w)", _light(output)) is not None
         if hit:
             return Verdict(True, f"{mode} match {alias!r}", "match")
     more = f" (+{len(answers) - 1} aliases)" if len(answers) > 1 else ""
