@@ -1,16 +1,21 @@
 """Rule-based judges: GSM8K final-answer match, MBPP execution of the program against its asserts, NQ-open
 alias match. The judge decides which of the model's own answers become training targets, so each verdict
-carries a short reason ("extracted 72 = 72", "AssertionError in test 2", "timeout after 5 s").
+carries a short reason ("extracted 72 = 72", "hedged: '18 or 19'", "AssertionError in test 2").
 
 The trap avoided in each:
-- GSM8K: instruct models rarely write the dataset's `#### N`; they say "The answer is $1,234.", `\\boxed{18}`
-  or end on a unit. A strict regex scores them near zero, so the final answer is extracted from free text and
-  compared as a number (18.00 == 18, 1,234 == 1234).
+- GSM8K: instruct models rarely write the dataset's `#### N`, and the last number of an output is often not
+  its answer (a check after it, a made-up next question, a correction). The judge reads the answer the output
+  commits to, compared as a number (18.00 == 18, 1,234 == 1234), and rejects with a reason what commits to
+  none: a wrong target costs more than a lost one.
 - MBPP: an exit code of 0 does not mean the asserts ran. `ssr.sandbox` runs the program, the setup and each
-  assert as separate stages and proves each one finished; a pass needs every test.
+  assert as separate stages and proves each one finished; a pass needs every test. The program is found
+  however the answer is laid out (several fences, no fence, prose after it).
 - NQ: chatty answers ("It was Paris, in 1900.") never equal an alias exactly. The default mode, "contains",
   accepts an output that contains some normalised alias as whole words; "exact" is SQuAD exact match.
   A contains-judge is lenient with outputs that list several candidates; report which mode a number used.
+
+`unfit_target` is the separate rule for what may become a training target whatever its correctness (a GSM8K
+output that states only its final answer may not).
 """
 from __future__ import annotations
 
@@ -96,7 +101,9 @@ _FILLER = re.compile(r"(?:[\s:=]|\\boxed\s*\{|\(?[A-E]\)(?=\s*\$?\d)|\b(?:exactl
 _HEDGE_BEFORE = re.compile(r"\b(?:between|at least|at most|more than|less than|fewer than|over|under|up to|"
                            r"either|maybe|perhaps|probably)\s*\$?$", re.IGNORECASE)
 # "18-20" is a range, "20 - 2" an expression.
-_HEDGE_AFTER = re.compile(r"(?:\s*(?:\bor|\bto|\band|–)\s*|-)(?=-?\$?\s?\d|\.\d)", re.IGNORECASE)
+_HEDGE_AFTER = re.compile(r"(?:\s*(?:\bor|\bto|\band|–)\s*|-|(?:\s+[a-z]+)?,?\s*(?:or\s+)?(?:maybe|perhaps|possibly)\s+)"
+                          r"(?=-?\$?\s?\d|\.\d)", re.IGNORECASE)
+_TWO_ANSWERS = re.compile(r"\s+[a-z]+,?\s+and\s+(?=-?\$?\s?\d|\.\d)", re.IGNORECASE)  # "24 boys and 16 girls"
 _OPERATOR_AFTER = re.compile(r"\s*(?:[-+*/×x÷^]|of\b)\s*(?=\(?-?\$?\d)")
 _CONNECTOR = re.compile(r"\b(?:which\s+is|which\s+means|that\s+is|that's|ie|so|giving|gives|makes|for\s+a\s+total"
                         r"\s+of|total(?:ing|ling)?\s+of|in\s+total|equals?|is\s+equal\s+to)\b|=", re.IGNORECASE)
@@ -107,7 +114,7 @@ _NEW_TURN = re.compile(r"^[ \t]*(?:[#*>]+[ \t]*)?(?:question|q|problem|exercise|
 _ADMITS = re.compile(r"\b(?:oops|sorry|correction|mistakes?|errors?|miscalculat\w*|wrong|incorrect|"
                      r"re-?calculat\w*|redo)\b", re.IGNORECASE)
 _DOUBTS = re.compile(r"\b(?:wait|actually|hmm|hold on)\b|(?:^|[.!?,]\s*)no\b", re.IGNORECASE | re.MULTILINE)
-_RESTATE = re.compile(r"\b(?:it'?s|it\s+is|should\s+be|would\s+be|is\s+actually|becomes|instead|rather|but)\b"
+_RESTATE = re.compile(r"\b(?:it'?s|it\s+is|that'?s|that\s+is|should\s+be|would\s+be|is\s+actually|becomes|instead|rather|but)\b"
                       r"[\s:]*(?=-?\$?\s?\d|\.\d)|=\s*", re.IGNORECASE)
 _RESULT_CUE = re.compile(r"\b(?:so|therefore|thus|hence|in\s+total|total|altogether|in\s+all|overall|finally)\b",
                          re.IGNORECASE)
@@ -164,6 +171,8 @@ def _clause_value(clause: str, direct: bool) -> tuple[Decimal | None, str, str]:
     other = _numbers(clause[hedge.end():]) if hedge else []
     if other and other[0][0].start() == 0 and other[0][1] != value:
         return None, "hedged", f"hedged: {clause[m.start():hedge.end() + other[0][0].end()].strip()!r}"
+    if (both := _TWO_ANSWERS.match(clause, m.end())) and _numbers(clause[both.end():])[0][1] != value:
+        return None, "unclear", f"two answers: {clause[m.start():].strip()[:40]!r}"
     if _HEDGE_BEFORE.search(clause[:m.start()]):
         return None, "hedged", f"hedged: {clause[:m.end()].strip()[-40:]!r}"
     if not after and _OPERATOR_AFTER.match(clause, m.end()):
@@ -220,7 +229,8 @@ def _before_new_turn(text: str) -> str:
 
 
 def _sentence_start(text: str, pos: int) -> int:
-    return max(text.rfind("\n", 0, pos), text.rfind(". ", 0, pos) + 1, -1) + 1
+    newline, stop = text.rfind("\n", 0, pos), text.rfind(". ", 0, pos)
+    return max(newline + 1, stop + 2 if stop >= 0 else 0)
 
 
 def _final_answer(text: str) -> _Answer:
@@ -267,7 +277,7 @@ def _concluding_sentence(text: str) -> _Answer:
     if len({v for _, v in numbers}) == 1:
         return _Answer(numbers[0][1], "answer", "", _sentence_start(text, numbers[0][0].start()))
     last = numbers[-1][0].start()
-    start = max(_sentence_start(text, last), text.rfind("\n", 0, last) + 1)
+    start = _sentence_start(text, last)
     sentence = _clause(text, start)
     cues = list(_RESULT_CUE.finditer(sentence))
     if not cues:
@@ -323,6 +333,27 @@ def gsm8k(output: str, reference: str) -> Verdict:
     if answer.value == gold:
         return Verdict(True, f"extracted {_show(answer.value)} = {_show(gold)}", "match")
     return Verdict(False, f"extracted {_show(answer.value)} != {_show(gold)}", "mismatch")
+
+
+# --------------------------------------------------------------------------------------------------------
+# target quality
+
+_WORKED_STEP = re.compile(r"\d")
+
+
+def unfit_target(task: str, output: str) -> str | None:
+    """Why an output is not fit to be a training target whatever its correctness, or None when it is fit.
+    The one place this rule lives, per task; tasks without a rule return None.
+
+    GSM8K: the prompt asks for the steps, so an output that only states its final answer ("The answer is 990.")
+    teaches the model to skip them. It needs a worked step: some number before the sentence that commits to
+    the answer (or, without one, before its last sentence)."""
+    if task == "gsm8k":
+        text = _before_new_turn(_clean(output))
+        answer = _final_answer(output)
+        if not _WORKED_STEP.search(text[:answer.start]):
+            return "answer only: no worked step"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------------
