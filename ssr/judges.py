@@ -101,8 +101,8 @@ _FILLER = re.compile(r"(?:[\s:=]|\\boxed\s*\{|\(?[A-E]\)(?=\s*\$?\d)|\b(?:exactl
 _HEDGE_BEFORE = re.compile(r"\b(?:between|at least|at most|more than|less than|fewer than|over|under|up to|"
                            r"either|maybe|perhaps|probably)\s*\$?$", re.IGNORECASE)
 # "18-20" is a range, "20 - 2" an expression.
-_HEDGE_AFTER = re.compile(r"(?:\s*(?:\bor|\bto|\band|–)\s*|-|(?:\s+[a-z]+)?,?\s*(?:or\s+)?(?:maybe|perhaps|possibly)\s+)"
-                          r"(?=-?\$?\s?\d|\.\d)", re.IGNORECASE)
+_HEDGE_AFTER = re.compile(r"(?:\s*(?:\bor|\bto|\band|–)\s*|-|(?:\s+[a-z]+)?,?\s*(?:or\s+)?(?:maybe|perhaps|possibly)"
+                          r"\s+)(?=-?\$?\s?\d|\.\d)", re.IGNORECASE)
 _TWO_ANSWERS = re.compile(r"\s+[a-z]+,?\s+and\s+(?=-?\$?\s?\d|\.\d)", re.IGNORECASE)  # "24 boys and 16 girls"
 _OPERATOR_AFTER = re.compile(r"\s*(?:[-+*/×x÷^]|of\b)\s*(?=\(?-?\$?\d)")
 _CONNECTOR = re.compile(r"\b(?:which\s+is|which\s+means|that\s+is|that's|ie|so|giving|gives|makes|for\s+a\s+total"
@@ -114,8 +114,8 @@ _NEW_TURN = re.compile(r"^[ \t]*(?:[#*>]+[ \t]*)?(?:question|q|problem|exercise|
 _ADMITS = re.compile(r"\b(?:oops|sorry|correction|mistakes?|errors?|miscalculat\w*|wrong|incorrect|"
                      r"re-?calculat\w*|redo)\b", re.IGNORECASE)
 _DOUBTS = re.compile(r"\b(?:wait|actually|hmm|hold on)\b|(?:^|[.!?,]\s*)no\b", re.IGNORECASE | re.MULTILINE)
-_RESTATE = re.compile(r"\b(?:it'?s|it\s+is|that'?s|that\s+is|should\s+be|would\s+be|is\s+actually|becomes|instead|rather|but)\b"
-                      r"[\s:]*(?=-?\$?\s?\d|\.\d)|=\s*", re.IGNORECASE)
+_RESTATE = re.compile(r"\b(?:it'?s|it\s+is|that'?s|that\s+is|should\s+be|would\s+be|is\s+actually|becomes|instead|"
+                      r"rather|but)\b[\s:]*(?=-?\$?\s?\d|\.\d)|=\s*", re.IGNORECASE)
 _RESULT_CUE = re.compile(r"\b(?:so|therefore|thus|hence|in\s+total|total|altogether|in\s+all|overall|finally)\b",
                          re.IGNORECASE)
 

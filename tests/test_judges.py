@@ -85,14 +85,21 @@ VERDICTS = [
     ("The answer is $9 \\times 2 = \\$18$.", "18", True, "match"),
     ("The answer is 13 + 5.", "18", False, "unclear"),
     # commentary after the answer
-    ("She makes 9 * 2 = 18 dollars.\nThe answer is 18.\n\nThis answer is reasonable because 9 eggs at $2 each is 18.", "18", True, "match"),
-    ("She makes 9 * 2 = 18 dollars.\nThe answer is 18.\n\nThis answer is reasonable because 9 eggs at $2 each is 18.", "9", False, "mismatch"),
+    ("She makes 9 * 2 = 18 dollars.\nThe answer is 18.\n\nThis answer is reasonable because 9 "
+     "eggs at $2 each is 18.", "18", True, "match"),
+    ("She makes 9 * 2 = 18 dollars.\nThe answer is 18.\n\nThis answer is reasonable because 9 "
+     "eggs at $2 each is 18.", "9", False, "mismatch"),
     ("16 - 3 - 4 = 9, 9 * 2 = 18.\nThe answer is 18.\nNote that she keeps 3 eggs for breakfast.", "18", True, "match"),
-    ("16 - 3 - 4 = 9, 9 * 2 = 18.\nThe answer is 18.\nNote that she keeps 3 eggs for breakfast.", "3", False, "mismatch"),
-    ("9 * 2 = 18.\nThe answer is 18.\n\nQuestion: Tom has 3 apples and buys 4 more. How many?\nAnswer: 7", "18", True, "match"),
-    ("9 * 2 = 18.\nThe answer is 18.\n\nQuestion: Tom has 3 apples and buys 4 more. How many?\nAnswer: 7", "7", False, "mismatch"),
-    ('9 * 2 = 18.\nThe answer is 18.\nThe final line of the form "The answer is N" shows the 2 steps.', "18", True, "match"),
-    ('9 * 2 = 18.\nThe answer is 18.\nThe final line of the form "The answer is N" shows the 2 steps.', "2", False, "mismatch"),
+    ("16 - 3 - 4 = 9, 9 * 2 = 18.\nThe answer is 18.\nNote that she keeps 3 eggs for "
+     "breakfast.", "3", False, "mismatch"),
+    ("9 * 2 = 18.\nThe answer is 18.\n\nQuestion: Tom has 3 apples and buys 4 more. How "
+     "many?\nAnswer: 7", "18", True, "match"),
+    ("9 * 2 = 18.\nThe answer is 18.\n\nQuestion: Tom has 3 apples and buys 4 more. How "
+     "many?\nAnswer: 7", "7", False, "mismatch"),
+    ('9 * 2 = 18.\nThe answer is 18.\nThe final line of the form "The answer is N" '
+     'shows the 2 steps.', "18", True, "match"),
+    ('9 * 2 = 18.\nThe answer is 18.\nThe final line of the form "The answer is N" '
+     'shows the 2 steps.', "2", False, "mismatch"),
     ("The answer is 18. Check: 18 / 2 = 9 eggs sold.", "18", True, "match"),
     ("The answer is 18. Check: 18 / 2 = 9 eggs sold.", "9", False, "mismatch"),
     # a later correction
@@ -100,8 +107,10 @@ VERDICTS = [
     ("9 * 2 = 18\n#### 18\n\nWait, I made an error. The answer is 19.", "18", False, "mismatch"),
     ("The answer is 18? No wait, it's 19.", "19", True, "match"),
     ("The answer is 18? No wait, it's 19.", "18", False, "mismatch"),
-    ("So $\\boxed{18}$.\nActually, I forgot the 1 egg she gives away: 18 + 1 = 19. The answer is 19.", "19", True, "match"),
-    ("So $\\boxed{18}$.\nActually, I forgot the 1 egg she gives away: 18 + 1 = 19. The answer is 19.", "18", False, "mismatch"),
+    ("So $\\boxed{18}$.\nActually, I forgot the 1 egg she gives away: 18 + 1 = 19. The "
+     "answer is 19.", "19", True, "match"),
+    ("So $\\boxed{18}$.\nActually, I forgot the 1 egg she gives away: 18 + 1 = 19. The "
+     "answer is 19.", "18", False, "mismatch"),
     ("The answer is 18.\n\nWait, I made an error in step 2.", "18", False, "retracted"),
     ("The answer is 18.\nWait, let me double-check: 9 * 2 = 18. Yes, that is right.", "18", True, "match"),
     ("The answer is 18.\nThe answer is 19.", "18", False, "conflicting"),
@@ -284,7 +293,8 @@ def test_extract_code_joins_the_blocks_that_define_something():
 
 # Layouts of a correct `add` as models write them; each must pass through judges.mbpp, as in the reference
 # harnesses (which import or exec the program rather than run it as a script).
-MAIN_DEMO_INPUT = "def add(a, b):\n    return a + b\n\nif __name__ == \"__main__\":\n    a = int(input())\n    print(add(a, 1))\n"
+MAIN_DEMO_INPUT = ("def add(a, b):\n    return a + b\n\nif __name__ == \"__main__\":\n    a = int(input())\n"
+                   "    print(add(a, 1))\n")
 MAIN_DEMO_WRONG_CHECK = ("def add(a, b):\n    return a + b\n\nif __name__ == '__main__':\n"
                          "    print(add(1, 1) == 3)  # a wrong self-check\n    assert add(1, 1) == 3\n")
 HELPER_IN_ITS_OWN_BLOCK = ("First a helper class:\n```python\nclass Adder:\n    def go(self, a, b):\n"
