@@ -1,25 +1,30 @@
 """Rule-based judges: GSM8K final-answer match, MBPP execution of the program against its asserts, NQ-open
 alias match. The judge decides which of the model's own answers become training targets, so each verdict
-carries a short reason ("extracted 72 = 72", "AssertionError in test 2", "timeout after 5 s").
+carries a short reason ("extracted 72 = 72", "hedged: '18 or 19'", "AssertionError in test 2").
 
 The trap avoided in each:
-- GSM8K: instruct models rarely write the dataset's `#### N`; they say "The answer is $1,234.", `\\boxed{18}`
-  or end on a unit. A strict regex scores them near zero, so the final answer is extracted from free text and
-  compared as a number (18.00 == 18, 1,234 == 1234).
+- GSM8K: instruct models rarely write the dataset's `#### N`, and the last number of an output is often not
+  its answer (a check after it, a made-up next question, a correction). The judge reads the answer the output
+  commits to, compared as a number (18.00 == 18, 1,234 == 1234), and rejects with a reason what commits to
+  none: a wrong target costs more than a lost one.
 - MBPP: an exit code of 0 does not mean the asserts ran. `ssr.sandbox` runs the program, the setup and each
-  assert as separate stages and proves each one finished; a pass needs every test.
+  assert as separate stages and proves each one finished; a pass needs every test. The program is found
+  however the answer is laid out (several fences, no fence, prose after it).
 - NQ: chatty answers ("It was Paris, in 1900.") never equal an alias exactly. The default mode, "contains",
   accepts an output that contains some normalised alias as whole words; "exact" is SQuAD exact match.
   A contains-judge is lenient with outputs that list several candidates; report which mode a number used.
+
+`unfit_target` is the separate rule for what may become a training target whatever its correctness (a GSM8K
+output that states only its final answer may not).
 """
 from __future__ import annotations
 
 import ast
-import builtins
 import os
 import re
 import string
 import unicodedata
+import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from decimal import Decimal
@@ -44,29 +49,244 @@ class Verdict:
 
 # --------------------------------------------------------------------------------------------------------
 # GSM8K
+#
+# The final answer is the one the output commits to: an answer marker ("The answer is N", "Answer: N",
+# `#### N`, `\boxed{N}`) and, without one, a concluding sentence ("So she has 18 eggs."). A wrong target costs
+# more than a lost one, so whatever does not commit to one number is rejected with its reason: a hedge
+# ("18 or 19", "18-20"), markers that disagree with no correction between them, a correction that retracts
+# the answer without giving another, an expression with no result.
 
-# A number as people write it: optional minus, optional $, thousands separators, decimals, an optional
-# "/denominator" (so that "1/2" is not read as 1). Not glued to a word or a number on its left, so "x2",
-# "3-5" (a range, not -5) and "1.2.3" yield no extra numbers.
-_NUMBER = re.compile(r"(?<![\w.])(?P<sign>[-−]?)\$?\s?(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
-                     r"(?:\s?/\s?(?P<den>\d+))?")
-_FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
-_HASHES = re.compile(r"####")
-_ANSWER_IS = re.compile(r"\banswer\s*(?:is|was|would be|will be|should be|=|:)", re.IGNORECASE)
+# A number as people write it: optional minus, optional $, thousands separators (comma, or a space / thin space
+# between groups of exactly three digits), decimals, an exponent, an optional "/denominator" (so "1/2" is 0.5,
+# never 1) and a scale word ("1.2 million", "$1.2k"). Not glued to a word or a number on its left, so "x2",
+# "3-5" (a range, not -5) and "1.2.3" yield no extra numbers; ordinals ("2nd") are not numbers.
+_NUMBER = re.compile(
+    r"(?<![\w.])(?:(?P<sign>-)\s?\$?|\$\s?)?"
+    r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d{1,3}(?:[ \u00a0\u2009\u202f]\d{3})+(?![\d-])(?:\.\d+)?"
+    r"|\d+(?:\.\d+)?(?:[eE][+-]?\d+)?|\.\d+)"
+    r"(?:\s?/\s?(?P<den>\d+))?"
+    r"(?:\s*(?P<scale>thousand|million|billion|trillion)\b|(?P<k>[kK])\b)?"
+    r"(?!\d|\.\d|(?:st|nd|rd|th)\b)")
+_SCALE = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12, "k": 10**3, "K": 10**3}
+
+# How models dress numbers up, undone before reading: calculator notes, LaTeX, markdown emphasis, Unicode
+# minus and spaces, "18 dollars and 50 cents".
+_CLEANUP = [
+    (re.compile(r"<<[^<>]*>>"), ""),
+    (re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}"), r"\1/\2"),
+    (re.compile(r"\\(?:text|textbf|mathrm|mathbf)\s*\{([^{}]*)\}"), r"\1"),
+    (re.compile(r"\{,\}"), ","),
+    (re.compile(r"\\[,;: ]|~"), "\u2009"),
+    (re.compile(r"\\\$"), "$"),
+    (re.compile(r"\\%"), "%"),
+    (re.compile(r"\\(?:times|cdot)"), "×"),
+    (re.compile(r"\\[()\[\]]|\\(?:left|right)\b"), " "),
+    (re.compile(r"\*\*|__"), ""),
+    (re.compile(r"(?<![\w*])[*_](\S(?:[^*_\n]*?\S)?)[*_](?![\w*])"), r"\1"),
+    (re.compile(r"[−–—‒]"), lambda m: "-" if m[0] == "−" else "–"),
+    (re.compile(r"\bi\.e\.|\be\.g\."), "ie"),
+    (re.compile(r"(\d)\s*dollars?\s*(?:and\s*)?(\d{1,2})\s*cents?\b", re.IGNORECASE),
+     lambda m: f"{m[1]}.{int(m[2]):02d} dollars"),
+]
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_END_OF_SENTENCE = re.compile(r"\.(?:\s|$)|\n")
+_HASHES = re.compile(r"(?<!#)####(?!#)[ \t]*")
+# "The answer is", "my final answer:", "Answer:" at the start of a line; not "the next answer was" or
+# "points/answer =", which GSM8K solutions write about parts of the problem.
+_PHRASE = re.compile(r"(?:\b(?:the|my|our)\s+|^[ \t#>*-]*)(?:final\s+|correct\s+)?answer\s*"
+                     r"(?:(?P<neg>is\s+not|isn't|was\s+not|wasn't|is\s+n't)|is|was|would\s+be|will\s+be|should\s+be"
+                     r"|=|:)(?P<colon>\s*:)?", re.IGNORECASE | re.MULTILINE)
+_FILLER = re.compile(r"(?:[\s:=]|\\boxed\s*\{|\(?[A-E]\)(?=\s*\$?\d)|\b(?:exactly|just|only|approximately|about|"
+                     r"around|roughly|a total of|equal to|then|between|at least|at most|more than|less than|"
+                     r"fewer than|over|under|up to|either|maybe|perhaps|probably)\b)*", re.IGNORECASE)
+_HEDGE_BEFORE = re.compile(r"\b(?:between|at least|at most|more than|less than|fewer than|over|under|up to|"
+                           r"either|maybe|perhaps|probably)\s*\$?$", re.IGNORECASE)
+# "18-20" is a range, "20 - 2" an expression.
+_HEDGE_AFTER = re.compile(r"(?:\s*(?:\bor|\bto|\band|–)\s*|-|(?:\s+[a-z]+)?,?\s*(?:or\s+)?(?:maybe|perhaps|possibly)"
+                          r"\s+)(?=-?\$?\s?\d|\.\d)", re.IGNORECASE)
+_TWO_ANSWERS = re.compile(r"\s+[a-z]+,?\s+and\s+(?=-?\$?\s?\d|\.\d)", re.IGNORECASE)  # "24 boys and 16 girls"
+_OPERATOR_AFTER = re.compile(r"\s*(?:[-+*/×x÷^]|of\b)\s*(?=\(?-?\$?\d)")
+_CONNECTOR = re.compile(r"\b(?:which\s+is|which\s+means|that\s+is|that's|ie|so|giving|gives|makes|for\s+a\s+total"
+                        r"\s+of|total(?:ing|ling)?\s+of|in\s+total|equals?|is\s+equal\s+to)\b|=", re.IGNORECASE)
+_SENTENCE_END = re.compile(r"\.(?=\s|$)|[?!;](?=\s|$)|\n")
+_NEW_TURN = re.compile(r"^[ \t]*(?:[#*>]+[ \t]*)?(?:question|q|problem|exercise|example|human|user|instruction)"
+                       r"[ \t]*\d*[ \t]*[:.)]", re.IGNORECASE | re.MULTILINE)
+# After a committed answer: an admission of error retracts it; "wait", "actually", "no" only may.
+_ADMITS = re.compile(r"\b(?:oops|sorry|correction|mistakes?|errors?|miscalculat\w*|wrong|incorrect|"
+                     r"re-?calculat\w*|redo)\b", re.IGNORECASE)
+_DOUBTS = re.compile(r"\b(?:wait|actually|hmm|hold on)\b|(?:^|[.!?,]\s*)no\b", re.IGNORECASE | re.MULTILINE)
+_RESTATE = re.compile(r"\b(?:it'?s|it\s+is|that'?s|that\s+is|should\s+be|would\s+be|is\s+actually|becomes|instead|"
+                      r"rather|but)\b[\s:]*(?=-?\$?\s?\d|\.\d)|=\s*", re.IGNORECASE)
+_RESULT_CUE = re.compile(r"\b(?:so|therefore|thus|hence|in\s+total|total|altogether|in\s+all|overall|finally)\b",
+                         re.IGNORECASE)
 
 
-def _numbers(text: str) -> list[Decimal]:
-    values = []
-    for m in _NUMBER.finditer(_FRAC.sub(r"\1/\2", text)):
-        value = Decimal(m["num"].replace(",", ""))
-        if m["den"]:
-            if int(m["den"]) == 0:
-                continue
-            value /= Decimal(m["den"])
-        values.append(-value if m["sign"] else value)
-    return values
+@dataclass(frozen=True)
+class _Answer:
+    value: Decimal | None  # None: no committed answer, `kind` says why
+    kind: str  # "answer", or why not: "no answer", "hedged", "conflicting", "retracted", "unclear"
+    why: str
+    start: int = 0  # where the sentence that commits to it begins (for unfit_target)
+
+
+def _clean(text: str) -> str:
+    for pattern, replacement in _CLEANUP:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _value(m: re.Match) -> Decimal | None:
+    value = Decimal(re.sub(r"[,\s\u00a0\u2009\u202f]", "", m["num"]))
+    if m["den"]:
+        if int(m["den"]) == 0:
+            return None
+        value /= Decimal(m["den"])
+    value *= _SCALE.get(m["scale"] or m["k"] or "", 1)
+    return -value if m["sign"] else value
+
+
+def _numbers(text: str) -> list[tuple[re.Match, Decimal]]:
+    return [(m, v) for m in _NUMBER.finditer(text) if (v := _value(m)) is not None]
+
+
+def _show(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+def _clause_value(clause: str, direct: bool) -> tuple[Decimal | None, str, str]:
+    """(value, kind, why) of the clause after an answer marker. `direct`: the marker is followed by the number
+    itself ("is 18"), else by a sentence ("is: she has 18 eggs"). The value is the result of an expression
+    ("13 + 5 = 18", "2/3 of 27, which is 18"), else the first number (direct) or the only one (sentence)."""
+    numbers = _numbers(clause)
+    if not numbers:
+        return None, "no answer", "no number after the answer marker"
+    connectors = list(_CONNECTOR.finditer(clause))
+    after = [(m, v) for m, v in numbers if connectors and m.start() >= connectors[-1].end()]
+    if after:
+        m, value = after[0]
+    elif direct or len({v for _, v in numbers}) == 1:
+        m, value = numbers[0]
+    else:
+        return None, "unclear", f"several numbers and no result in {clause.strip()[:40]!r}"
+    hedge = _HEDGE_AFTER.match(clause, m.end())
+    other = _numbers(clause[hedge.end():]) if hedge else []
+    if other and other[0][0].start() == 0 and other[0][1] != value:
+        return None, "hedged", f"hedged: {clause[m.start():hedge.end() + other[0][0].end()].strip()!r}"
+    if (both := _TWO_ANSWERS.match(clause, m.end())) and _numbers(clause[both.end():])[0][1] != value:
+        return None, "unclear", f"two answers: {clause[m.start():].strip()[:40]!r}"
+    if _HEDGE_BEFORE.search(clause[:m.start()]):
+        return None, "hedged", f"hedged: {clause[:m.end()].strip()[-40:]!r}"
+    if not after and _OPERATOR_AFTER.match(clause, m.end()):
+        return None, "unclear", f"an expression without a result: {clause.strip()[:40]!r}"
+    return value, "answer", ""
+
+
+def _clause(text: str, start: int) -> str:
+    end = _SENTENCE_END.search(text, start)
+    return text[start:end.start() if end else len(text)]
+
+
+def _markers(text: str) -> list[tuple[int, int, Decimal | None, str, str, bool]]:
+    """Answer markers in order: (start, end, value, kind, why, strong). Strong ones are followed by the
+    number itself; weak ones ("Answer: she has 18 eggs") count only when no strong one exists."""
+    found = []
+    for m in _HASHES.finditer(text):
+        if first := _NUMBER.match(text, m.end()):
+            found.append((m.start(), first.end(), _value(first), "answer", "", True))
+    for m in _BOXED.finditer(text):
+        inside = _braced(text, m.end())
+        value, kind, why = _clause_value(inside, direct=True)
+        found.append((m.start(), m.end() + len(inside), value, kind, why, True))
+    for m in _PHRASE.finditer(text):
+        lead = _FILLER.match(text, m.end()).end()
+        direct = _NUMBER.match(text, lead) is not None
+        if m["neg"]:
+            found.append(_negated(text, m, lead))
+        elif direct or m["colon"] or m[0].endswith(":") or re.match(r"that\b", text[lead:]):
+            clause = _clause(text, m.end())
+            value, kind, why = _clause_value(clause, direct)
+            found.append((m.start(), m.end() + len(clause), value, kind, why, direct))
+    return sorted(found)
+
+
+def _negated(text: str, m: re.Match, lead: int):
+    """ "The answer is not 19, it's 18." / "isn't 19; it's 18": the value the output puts in its place."""
+    line_end = text.find("\n", lead)
+    rest = text[lead:line_end if line_end >= 0 else len(text)]
+    restated = [r for r in _RESTATE.finditer(rest) if r.start() > 0]
+    if restated and (number := _NUMBER.match(rest, restated[0].end())):
+        return m.start(), lead + number.end(), _value(number), "answer", "", True
+    return m.start(), lead + len(rest), None, "unclear", f"a negated answer without another: {m[0]!r}", True
+
+
+def _before_new_turn(text: str) -> str:
+    """Cut where the model, having answered, makes up a new question or user turn (and answers it)."""
+    markers = _markers(text)
+    if markers:
+        for turn in _NEW_TURN.finditer(text):
+            if turn.start() > markers[0][0]:
+                return text[:turn.start()]
+    return text
+
+
+def _sentence_start(text: str, pos: int) -> int:
+    newline, stop = text.rfind("\n", 0, pos), text.rfind(". ", 0, pos)
+    return max(newline + 1, stop + 2 if stop >= 0 else 0)
+
+
+def _final_answer(text: str) -> _Answer:
+    text = _before_new_turn(_clean(text))
+    markers = _markers(text)
+    if any(strong for *_, strong in markers):
+        markers = [marker for marker in markers if marker[-1]]
+    if not markers:
+        return _concluding_sentence(text)
+    current = markers[0]
+    for marker in markers[1:]:
+        between = text[current[1]:marker[0]]
+        if current[2] is not None and current[2] == marker[2] or _ADMITS.search(between) or \
+                _DOUBTS.search(between) or current[2] is None and current[3] != "answer" and marker[2] is not None:
+            current = marker
+        elif marker[0] < current[1]:  # the same marker twice: "The answer is \boxed{18}"
+            continue
+        else:
+            got = [_show(v) if v is not None else k for _, _, v, k, _, _ in (current, marker)]
+            return _Answer(None, "conflicting", f"conflicting answers {got[0]} and {got[1]} with no correction")
+    start, end, value, kind, why, _ = current
+    if value is None:
+        return _Answer(None, kind, why, _sentence_start(text, start))
+    tail = text[end:]
+    doubt = _ADMITS.search(tail) or _DOUBTS.search(tail)
+    if doubt:
+        after = tail[doubt.end():]
+        restated = [n for r in _RESTATE.finditer(after) if (n := _NUMBER.match(after, r.end()))]
+        if restated:
+            value = _value(restated[-1])
+        elif _ADMITS.search(tail) or any(v != value for _, v in _numbers(after)[-1:]):
+            return _Answer(None, "retracted", f"a correction after the answer {_show(value)} gives no other",
+                           _sentence_start(text, start))
+    return _Answer(value, "answer", "", _sentence_start(text, start))
+
+
+def _concluding_sentence(text: str) -> _Answer:
+    """No answer marker: the output's only number, or the result its last sentence with a number concludes
+    with "so", "therefore", "in total"... Anything else (a generation cut off mid-computation, a last line
+    that only restates a quantity) is no committed answer."""
+    numbers = _numbers(text)
+    if not numbers:
+        return _Answer(None, "no answer", "no number in output")
+    if len({v for _, v in numbers}) == 1:
+        return _Answer(numbers[0][1], "answer", "", _sentence_start(text, numbers[0][0].start()))
+    last = numbers[-1][0].start()
+    start = _sentence_start(text, last)
+    sentence = _clause(text, start)
+    cues = list(_RESULT_CUE.finditer(sentence))
+    if not cues:
+        return _Answer(None, "no answer", "no committed answer: no answer marker and no concluding sentence")
+    value, kind, why = _clause_value(sentence[cues[-1].end():], direct=False)
+    if value is None and kind == "unclear":
+        value, kind, why = _clause_value(sentence[cues[-1].end():], direct=True)
+    return _Answer(value, kind if value is None else "answer",
+                   why or "no committed answer: no answer marker and no concluding sentence", start)
 
 
 def _braced(text: str, start: int) -> str:
@@ -80,40 +300,60 @@ def _braced(text: str, start: int) -> str:
 
 
 def extract_number(text: str) -> Decimal | None:
-    """The final answer in free text, by the first rule that finds a number:
-    the last `#### N`; the last `\\boxed{N}`; the last "answer is N" / "final answer: N" / "Answer: N" (the
-    first number in the rest of that sentence); otherwise the last number in the text. Fractions count as
-    their value, so `\\boxed{\\frac{1}{2}}` is 0.5, never 1."""
-    if hashes := list(_HASHES.finditer(text)):
-        tail = text[hashes[-1].end():].split("\n", 1)[0]
-        if found := _numbers(tail):
-            return found[0]
-    if boxes := list(_BOXED.finditer(text)):
-        if found := _numbers(_braced(text, boxes[-1].end())):
-            return found[0]
-    if phrases := list(_ANSWER_IS.finditer(text)):
-        tail = _END_OF_SENTENCE.split(text[phrases[-1].end():], 1)[0]
-        if found := _numbers(tail):
-            return found[0]
-    found = _numbers(text)
-    return found[-1] if found else None
+    """The final answer the text commits to (see `gsm8k`), as a number; None when it commits to none."""
+    return _final_answer(text).value
 
 
-def _show(value: Decimal) -> str:
-    return format(value.normalize(), "f")
+def _reference_number(reference: str) -> Decimal:
+    """A GSM8K solution's `#### N` is authoritative; a bare reference ("18") is read like an output."""
+    if hashes := list(_HASHES.finditer(reference)):
+        if numbers := _numbers(_clean(reference[hashes[-1].end():])):
+            return numbers[0][1]
+    if (value := extract_number(reference)) is None:
+        raise ValueError(f"no number in the reference: {reference[-80:]!r}")
+    return value
 
 
 def gsm8k(output: str, reference: str) -> Verdict:
-    """Compare the output's final number with the reference's (a GSM8K solution ending in `#### N`, or N)."""
-    gold = extract_number(reference)
-    if gold is None:
-        raise ValueError(f"no number in the reference: {reference[-80:]!r}")
-    got = extract_number(output)
-    if got is None:
-        return Verdict(False, "no number in output", "no answer")
-    if got == gold:
-        return Verdict(True, f"extracted {_show(got)} = {_show(gold)}", "match")
-    return Verdict(False, f"extracted {_show(got)} != {_show(gold)}", "mismatch")
+    """Compare the final answer the output commits to with the reference's (a GSM8K solution ending in `#### N`,
+    or N), as numbers: 18.00 == 18, 1,234 == 1234, "1.2 million" == 1200000.
+
+    The committed answer: the answer markers (`#### N`, `\\boxed{N}`, "the answer is N", "Answer: N"), where
+    a marker followed by an expression counts its result ("13 + 5 = 18" is 18) and a negated one ("is not 19,
+    it's 18") what replaces it. Several markers must agree unless a correction ("Wait", "I made an error")
+    comes between, and then the last wins; a correction after the last marker must restate a number
+    ("No wait, it's 19"). Text after the answer never overrides it, and a made-up next question ("Question:
+    ... Answer: 7") is cut off. Without a marker: the only number of the output, or the result of a last
+    sentence that concludes ("So she has 18 eggs."). Whatever is left undecided is rejected with its reason:
+    "hedged" ("18 or 19", "18-20", "at least 18"), "conflicting", "retracted", "unclear", "no answer"."""
+    gold = _reference_number(reference)
+    answer = _final_answer(output)
+    if answer.value is None:
+        return Verdict(False, answer.why, answer.kind)
+    if answer.value == gold:
+        return Verdict(True, f"extracted {_show(answer.value)} = {_show(gold)}", "match")
+    return Verdict(False, f"extracted {_show(answer.value)} != {_show(gold)}", "mismatch")
+
+
+# --------------------------------------------------------------------------------------------------------
+# target quality
+
+_WORKED_STEP = re.compile(r"\d")
+
+
+def unfit_target(task: str, output: str) -> str | None:
+    """Why an output is not fit to be a training target whatever its correctness, or None when it is fit.
+    The one place this rule lives, per task; tasks without a rule return None.
+
+    GSM8K: the prompt asks for the steps, so an output that only states its final answer ("The answer is 990.")
+    teaches the model to skip them. It needs a worked step: some number before the sentence that commits to
+    the answer (or, without one, before its last sentence)."""
+    if task == "gsm8k":
+        text = _before_new_turn(_clean(output))
+        answer = _final_answer(output)
+        if not _WORKED_STEP.search(text[:answer.start]):
+            return "answer only: no worked step"
+    return None
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -121,32 +361,70 @@ def gsm8k(output: str, reference: str) -> Verdict:
 
 _FENCE = re.compile(r"```[ \t]*(?P<lang>[\w+.-]*)[^\n]*\n(?P<code>.*?)(?:```|\Z)", re.DOTALL)
 _PYTHON_TAGS = ("", "python", "python3", "py")
+_DEFINITION = re.compile(r"^[ \t]*(?:async[ \t]+def|def|class)[ \t]+\w", re.MULTILINE)
+# Where unfenced code starts after a line of prose: a definition, a decorator or an import at column 0.
+_CODE_START = re.compile(r"(?:async\s+)?def\s+\w+\s*\(|class\s+\w+\s*[(:]|@[\w.]+|"
+                         r"import\s+[\w.]+\s*(?:,|\bas\b|$)|from\s+[\w.]+\s+import\b")
 
 
-def _called_names(tests: Iterable[str]) -> set[str]:
-    """Functions the tests call that are not builtins: what the program has to define."""
-    names = set()
-    for test in tests:
-        try:
-            tree = ast.parse(test)
-        except SyntaxError:
-            continue
-        names |= {node.func.id for node in ast.walk(tree)
-                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
-    return {name for name in names if not hasattr(builtins, name)}
+# Parsing model code (to find where it starts and ends) is not running it: its invalid escapes ("\d" in a
+# plain string) would print a DeprecationWarning per answer. Filtered by file name, which unlike
+# warnings.catch_warnings is safe with the judging threads.
+_PARSED = "<model output>"
+warnings.filterwarnings("ignore", module=re.escape(_PARSED))
+
+
+def _parse(code: str) -> ast.Module | None:
+    try:
+        return ast.parse(code, _PARSED)
+    except (SyntaxError, ValueError):  # ValueError: a null byte
+        return None
+
+
+def _defines_something(block: str) -> bool:
+    """A block with a top-level def, class or import is part of the program; one with only calls, prints,
+    asserts or an output listing is a usage example. A block that does not parse counts when it has a def or
+    class (a cut-off or broken program must fail as one), not when it is a `>>>` session or printed output."""
+    tree = _parse(block)
+    if tree is None:
+        return _DEFINITION.search(block) is not None
+    return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom))
+               for node in tree.body)
+
+
+def _without_prose(text: str) -> str:
+    """Unfenced code with prose around it: from the top, or else from the first line that starts a definition
+    or an import, the longest stretch that parses and defines something, cut only before an unindented line
+    (never inside a function)."""
+    if _parse(text) is not None:
+        return text
+    lines = text.split("\n")
+    starts = [0] + [next((i for i, line in enumerate(lines) if _CODE_START.match(line)), 0)]
+    for start in dict.fromkeys(starts):
+        for end in range(len(lines), start, -1):
+            if end < len(lines) and lines[end][:1] in (" ", "\t"):
+                continue
+            code = "\n".join(lines[start:end])
+            if _parse(code) is not None:
+                if _defines_something(code):
+                    return code
+                break  # the longest stretch from here is not a program; shorter ones are not either
+    return text  # broken code: let it fail as a SyntaxError
 
 
 def extract_code(output: str, tests: Iterable[str] = ()) -> str:
-    """The program in a model's answer: the first fenced Python block that defines a function the tests call,
-    else the first fenced Python block, else the whole output. An unclosed fence (a generation cut short)
-    runs to the end of the text."""
+    """The program in a model's answer, however it is laid out:
+    - fenced blocks (tagged python/py/python3 or untagged): every block that defines something, joined in
+      order, so a helper class in one block and the function in the next run together, and a later
+      definition replaces an earlier one as in Python; usage, `>>>` and output blocks are left out (if that
+      leaves nothing, the first block). An unclosed fence (a generation cut short) runs to the end.
+    - no fence: the text without the prose before and after the code.
+    `tests` is not needed any more (the layout decides) and is accepted for older callers."""
     blocks = [m["code"] for m in _FENCE.finditer(output) if m["lang"].lower() in _PYTHON_TAGS]
-    wanted = _called_names(tests)
-    for block in blocks:
-        if any(re.search(rf"^\s*(?:async\s+)?(?:def|class)\s+{re.escape(name)}\b", block, re.MULTILINE)
-               for name in wanted):
-            return block
-    return blocks[0] if blocks else output
+    if not blocks:
+        return _without_prose(output)
+    program = [block for block in blocks if _defines_something(block)]
+    return "".join(block.rstrip("\n") + "\n" for block in program) if program else blocks[0]
 
 
 def mbpp(output: str, tests: Sequence[str], setup: str = "", *, timeout: float = DEFAULT_TIMEOUT) -> Verdict:
@@ -192,20 +470,27 @@ def _light(text: str) -> str:
 
 def nq(output: str, answers: Sequence[str], mode: str = "contains") -> Verdict:
     """Match the output against every alias. "contains" (default): some normalised alias occurs in the
-    normalised output as whole words. "exact": the normalised output equals a normalised alias."""
+    normalised output as whole words. "exact": the normalised output equals a normalised alias.
+
+    An alias without a letter or digit (")", "---", "*" are in the dev set) matches nothing: "contains" would
+    accept any output with a bracket or a markdown star. One whose letters are all articles ("A+", the blood
+    type) normalises to nothing but is a real answer: it is compared as written, case-insensitively."""
     if mode not in NQ_MODES:
         raise ValueError(f"unknown NQ mode {mode!r}; expected one of {NQ_MODES}")
     if not answers:
         raise ValueError("no reference answers")
+    usable = [alias for alias in answers if any(ch.isalnum() for ch in alias)]
+    if not usable:
+        return Verdict(False, f"no usable alias in {list(answers)!r}", "no usable alias")
     said = normalize_answer(output)
-    for alias in answers:
+    for alias in usable:
         gold = normalize_answer(alias)
         if gold:
             hit = said == gold if mode == "exact" else f" {gold} " in f" {said} "
-        else:  # an alias made only of punctuation and articles ("A+", "---"): compare it as written
+        else:
             gold = _light(alias)
-            hit = bool(gold) and (_light(output) == gold if mode == "exact" else
-                                  re.search(rf"(?<!\w){re.escape(gold)}(?!\w)", _light(output)) is not None)
+            hit = _light(output) == gold if mode == "exact" else \
+                re.search(rf"(?<!\w){re.escape(gold)}(?!\w)", _light(output)) is not None
         if hit:
             return Verdict(True, f"{mode} match {alias!r}", "match")
     more = f" (+{len(answers) - 1} aliases)" if len(answers) > 1 else ""

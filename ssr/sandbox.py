@@ -5,7 +5,12 @@ order in one namespace. The trap avoided: exit code 0 proves nothing, because `s
 atexit hook or a thread can end the process "successfully" before an assert ran, and a printed "passed" is just
 text. So after each stage that returns normally, the harness writes `<nonce> ok <stage>` to a write-only file
 descriptor. The nonce is a fresh random string read from a descriptor that is closed before any untrusted code
-runs; it is never in argv, the environment, a file or stdout. A stage counts only with its nonce-stamped marker.
+runs; it is never in argv, the environment, a file or stdout. A stage counts only with its nonce-stamped marker,
+and only the harness's own process writes markers: a forked copy that carries on through the stages after its
+parent exited would otherwise pass or fail depending on which of the two the teardown caught first.
+
+The program runs as a module named "solution", not as `__main__`, so an `if __name__ == "__main__":` demo in it
+(reading input(), printing self-checks) does not run, as when a test suite imports the program.
 
 How a run is contained (the `Isolation` that `best_isolation()` picks, best first, each verified by a probe run):
 
@@ -403,14 +408,18 @@ def _harness():
     import sys
     # Bind all the harness needs before untrusted code can monkeypatch builtins or modules. From then on the
     # nonce meets only builtin str methods and this os.write, so no hook the program installs ever sees it.
-    write, exit_, compile_, exec_, type_ = os.write, os._exit, compile, exec, type
+    write, exit_, getpid, compile_, exec_, type_ = os.write, os._exit, os.getpid, compile, exec, type
     out, err = sys.stdout, sys.stderr
     job_fd, marker_fd = int(sys.argv[1]), int(sys.argv[2])
     with open(job_fd, "rb") as f:
         nonce, stages = marshal.loads(f.read())
+    harness_pid = getpid()
 
     def report(*fields):
-        write(marker_fd, ("\t".join((nonce,) + fields) + "\n").encode())
+        # Only the harness's own process speaks. A forked copy of it would go on through the stages too, and
+        # whether its markers landed before the box was torn down would be a race: the verdict would vary.
+        if getpid() == harness_pid:
+            write(marker_fd, ("\t".join((nonce,) + fields) + "\n").encode())
 
     def finish(code):  # os._exit: atexit hooks, __del__ and lingering threads get no say after the verdict
         for stream in (out, err):
@@ -420,7 +429,12 @@ def _harness():
                 pass
         exit_(code)
 
-    namespace = {"__name__": "__main__"}
+    # The program is a module named "solution", not __main__: an `if __name__ == "__main__":` demo (reading
+    # input(), printing its own checks) does not run, as when a test suite imports it. Registered in
+    # sys.modules, so that pickle, dataclasses and typing find the module its classes claim to live in.
+    solution = type_(sys)("solution")
+    sys.modules["solution"] = solution
+    namespace = solution.__dict__
     for name, code in stages:
         try:
             exec_(compile_(code, f"<{name}>", "exec"), namespace)

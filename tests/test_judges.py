@@ -11,15 +11,6 @@ from ssr import judges
 from ssr.runfiles import append_records, read_records
 from ssr.tasks import Example, load_task
 
-# Official MBPP solutions that do not pass their own test_list under the default judge, with the kind of
-# failure and why. This copy of mbpp.jsonl already has the fixes for tasks 341 (ordered tuples) and 596
-# (sys.getsizeof instead of hard-coded sizes); older copies fail those two as well.
-KNOWN_BROKEN_MBPP = {
-    "123": ("timeout", "correct but slow: the O(n^2) divisor sums for amicable_numbers_sum(9999) take about "
-                       "4 s of CPU, past the 5 s limit when the machine is busy; it passes on an idle fast one"),
-}
-
-
 # --------------------------------------------------------------------------------------------------------
 # GSM8K
 
@@ -65,20 +56,138 @@ PHRASINGS = [
     ("That is 0.5 of the pie, i.e. .5", "0.5"),
     ("The answer is 12. Check: 12 + 3 = 15", "12"),  # the marked answer beats the last number
     ("The answer is 12.\nCheck: 12 + 3 = 15", "12"),
-    ("\\boxed{12}\nSo the answer is 15", "12"),  # boxed beats "answer is"
-    ("#### 72\nThe answer is 5", "72"),  # #### beats everything
-    ("The answer is twenty. 4 * 5 = 20", "20"),  # nothing in the marked sentence: the last number
+    ("\\boxed{12}\nSo the answer is 15", None),  # two markers disagree, no correction between: no answer
+    ("#### 72\nThe answer is 5", None),
+    ("The answer is twenty. 4 * 5 = 20", None),  # no marker with a number, no concluding sentence
     ("To answer this, we need 3 steps. 4 * 5 = 20. So 20", "20"),  # "answer this" is not a marker
-    ("Pages 3-5 were torn; 10 pages remain", "10"),  # a range is not a negative number
+    ("Pages 3-5 were torn; 10 pages remain", None),  # several numbers, nothing concludes
+    ("Pages 3-5 were torn, so 10 pages remain", "10"),  # a range is not a negative number
     ("10 - 5 = 5, so he has 5", "5"),
-    ("The 2nd store sells 14 pens", "14"),
+    ("The 2nd store sells 14 pens", "14"),  # an ordinal is not a number
     ("x2 = 9", "9"),
     ("Step 1: 6 * 4 = 24\nStep 2: 24 + 6 = 30\nTherefore, Tom has 30 marbles.", "30"),
     ("There are 10,000 people", "10000"),
-    ("The numbers are 5,6", "6"),  # not a thousands separator
+    ("The numbers are 5,6", None),  # not a thousands separator, and not one answer
     ("I don't know.", None),
     ("", None),
 ]
+
+
+# Each category of the issue, with a right and a wrong variant: (output, gold, correct, kind).
+VERDICTS = [
+    # expression after the answer phrase
+    ("Janet sells 16 - 3 - 4 = 9 eggs.\nThe answer is 9 * 2 = 18.", "18", True, "match"),
+    ("Janet sells 16 - 3 - 4 = 9 eggs.\nThe answer is 9 * 2 = 18.", "9", False, "mismatch"),
+    ("The answer is 13 + 5 = 18.", "18", True, "match"),
+    ("The answer is 13 + 5 = 18.", "13", False, "mismatch"),
+    ("The answer is 2/3 of 27, which is 18.", "18", True, "match"),
+    ("The answer is 2/3 of 27, which is 18.", "27", False, "mismatch"),
+    ("The answer is $9 \\times 2 = \\$18$.", "18", True, "match"),
+    ("The answer is 13 + 5.", "18", False, "unclear"),
+    # commentary after the answer
+    ("She makes 9 * 2 = 18 dollars.\nThe answer is 18.\n\nThis answer is reasonable because 9 "
+     "eggs at $2 each is 18.", "18", True, "match"),
+    ("She makes 9 * 2 = 18 dollars.\nThe answer is 18.\n\nThis answer is reasonable because 9 "
+     "eggs at $2 each is 18.", "9", False, "mismatch"),
+    ("16 - 3 - 4 = 9, 9 * 2 = 18.\nThe answer is 18.\nNote that she keeps 3 eggs for breakfast.", "18", True, "match"),
+    ("16 - 3 - 4 = 9, 9 * 2 = 18.\nThe answer is 18.\nNote that she keeps 3 eggs for "
+     "breakfast.", "3", False, "mismatch"),
+    ("9 * 2 = 18.\nThe answer is 18.\n\nQuestion: Tom has 3 apples and buys 4 more. How "
+     "many?\nAnswer: 7", "18", True, "match"),
+    ("9 * 2 = 18.\nThe answer is 18.\n\nQuestion: Tom has 3 apples and buys 4 more. How "
+     "many?\nAnswer: 7", "7", False, "mismatch"),
+    ('9 * 2 = 18.\nThe answer is 18.\nThe final line of the form "The answer is N" '
+     'shows the 2 steps.', "18", True, "match"),
+    ('9 * 2 = 18.\nThe answer is 18.\nThe final line of the form "The answer is N" '
+     'shows the 2 steps.', "2", False, "mismatch"),
+    ("The answer is 18. Check: 18 / 2 = 9 eggs sold.", "18", True, "match"),
+    ("The answer is 18. Check: 18 / 2 = 9 eggs sold.", "9", False, "mismatch"),
+    # a later correction
+    ("9 * 2 = 18\n#### 18\n\nWait, I made an error. The answer is 19.", "19", True, "match"),
+    ("9 * 2 = 18\n#### 18\n\nWait, I made an error. The answer is 19.", "18", False, "mismatch"),
+    ("The answer is 18? No wait, it's 19.", "19", True, "match"),
+    ("The answer is 18? No wait, it's 19.", "18", False, "mismatch"),
+    ("So $\\boxed{18}$.\nActually, I forgot the 1 egg she gives away: 18 + 1 = 19. The "
+     "answer is 19.", "19", True, "match"),
+    ("So $\\boxed{18}$.\nActually, I forgot the 1 egg she gives away: 18 + 1 = 19. The "
+     "answer is 19.", "18", False, "mismatch"),
+    ("The answer is 18.\n\nWait, I made an error in step 2.", "18", False, "retracted"),
+    ("The answer is 18.\nWait, let me double-check: 9 * 2 = 18. Yes, that is right.", "18", True, "match"),
+    ("The answer is 18.\nThe answer is 19.", "18", False, "conflicting"),
+    ("#### 18\nThe answer is 19.", "19", False, "conflicting"),
+    # negation
+    ("The answer is not 19, it's 18.", "18", True, "match"),
+    ("The answer is not 19, it's 18.", "19", False, "mismatch"),
+    ("The answer isn't 19; it's 18.", "18", True, "match"),
+    ("The answer isn't 19; it's 18.", "19", False, "mismatch"),
+    ("The answer is not 19.", "19", False, "unclear"),
+    # hedges and ranges
+    ("The answer is 18 or 19.", "18", False, "hedged"),
+    ("The answer is 18-20.", "18", False, "hedged"),
+    ("The answer is between 18 and 20.", "18", False, "hedged"),
+    ("The answer is at least 18.", "18", False, "hedged"),
+    ("The answer is 18 (or $18.00).", "18", True, "match"),
+    ("The answer is approximately 18.", "18", True, "match"),
+    ("The answer is 18–20 eggs.", "20", False, "hedged"),
+    # number forms
+    ("The answer is 18 thousand.", "18000", True, "match"),
+    ("The answer is 18 thousand.", "18", False, "mismatch"),
+    ("The answer is 1.2 million.", "1200000", True, "match"),
+    ("The answer is 1.2 million.", "1.2", False, "mismatch"),
+    ("The answer is $1.2k.", "1200", True, "match"),
+    ("The answer is $1.2k.", "1.2", False, "mismatch"),
+    ("The answer is 70 000.", "70000", True, "match"),
+    ("The answer is 70 000.", "70", False, "mismatch"),
+    ("The answer is 2\u2009125.", "2125", True, "match"),
+    ("The answer is 2\u202f125.", "125", False, "mismatch"),
+    ("The answer is $70{,}000$.", "70000", True, "match"),
+    ("The answer is $70{,}000$.", "70", False, "mismatch"),
+    ("The answer is 2.5e3.", "2500", True, "match"),
+    ("The answer is 2.5e3.", "2.5", False, "mismatch"),
+    ("The answer is **18**.", "18", True, "match"),
+    ("The answer is **18**.", "19", False, "mismatch"),
+    ("The answer is _12_.", "12", True, "match"),
+    ("The answer is _12_.", "13", False, "mismatch"),
+    ("The answer is 18 dollars and 50 cents.", "18.5", True, "match"),
+    ("The answer is 18 dollars and 50 cents.", "18", False, "mismatch"),
+    ("The answer is $1,234.00.", "1234", True, "match"),
+    ("The answer is \\frac{1}{2}.", "0.5", True, "match"),
+    ("The answer is \\frac{1}{2}.", "1", False, "mismatch"),
+    ("The answer is −7.", "-7", True, "match"),
+    ("The answer is −7.", "7", False, "mismatch"),
+    ("The answer is 25%.", "25", True, "match"),
+    ("Pages 3-5 were torn, so 10 pages remain.", "10", True, "match"),
+    ("Pages 3-5 were torn, so 10 pages remain.", "-5", False, "mismatch"),
+    # no marker
+    ("16 - 3 - 4 = 9 eggs are left. 9 * 2 = 18.\nSo Janet makes $18 every day.", "18", True, "match"),
+    ("16 - 3 - 4 = 9 eggs are left. 9 * 2 = 18.\nSo Janet makes $18 every day.", "9", False, "mismatch"),
+    ("16 - 3 - 4 = 9 eggs are left. She sells each at $2, making", "2", False, "no answer"),
+    ("Step 1: 16 - 3 - 4 = 9\nStep 2: 9 * 2 = 18", "18", False, "no answer"),
+    ("18", "18", True, "match"),
+    ("I don't know.", "18", False, "no answer"),
+]
+
+
+@pytest.mark.parametrize("output, gold, correct, kind", VERDICTS)
+def test_gsm8k_committed_answer(output, gold, correct, kind):
+    verdict = judges.gsm8k(output, f"Some working.\n#### {gold}")
+    assert (verdict.correct, verdict.kind) == (correct, kind), verdict
+
+
+def test_gsm8k_table_covers_each_category_both_ways():
+    assert len(VERDICTS) >= 60
+    assert {kind for *_, kind in VERDICTS} >= {"match", "mismatch", "hedged", "conflicting", "retracted", "unclear",
+                                                 "no answer"}
+
+
+def test_gsm8k_rejections_say_why():
+    assert judges.gsm8k("The answer is 18 or 19.", "18").reason == "hedged: '18 or 19'"
+    assert judges.gsm8k("The answer is 18.\nThe answer is 19.", "18").reason == \
+        "conflicting answers 18 and 19 with no correction"
+    assert judges.gsm8k("The answer is 18. Oops, that is wrong.", "18").reason == \
+        "a correction after the answer 18 gives no other"
+    assert judges.gsm8k("Step 1: 3 + 4 = 7\nStep 2: 7 * 2 = 14", "14").reason == \
+        "no committed answer: no answer marker and no concluding sentence"
 
 
 @pytest.mark.parametrize("output, number", PHRASINGS)
@@ -89,6 +198,29 @@ def test_gsm8k_phrasings(output, number):
     assert verdict.correct == (number is not None), verdict
     if number is not None:
         assert not judges.gsm8k(output, f"#### {Decimal(number) + 1}").correct
+
+
+@pytest.mark.parametrize("output, reason", [
+    ("The answer is 990.", "answer only: no worked step"),
+    ("#### 990", "answer only: no worked step"),
+    ("990", "answer only: no worked step"),
+    ("Sure! Here is the solution.\nThe answer is 990.", "answer only: no worked step"),
+    ("The answer is 900 + 90 = 990.", "answer only: no worked step"),  # the step must come before the answer
+    ("He earns 45 * 22 = 990 dollars.\nThe answer is 990.", None),
+    ("He works 22 days. So he earns 990 dollars.", None),
+    ("First, 45 * 22 = 990. The answer is 990.", None),
+])
+def test_unfit_target_gsm8k_needs_a_worked_step(output, reason):
+    assert judges.unfit_target("gsm8k", output) == reason
+    assert judges.gsm8k(output, "#### 990").correct  # a separate rule: the answer itself is right
+
+
+def test_unfit_target_has_no_rule_for_other_tasks_and_keeps_every_gold(shared):
+    assert judges.unfit_target("mbpp", "def f(): pass") is None
+    assert judges.unfit_target("nq", "Paris") is None
+    for split in ("train", "test"):
+        assert not [ex.id for ex in load_task(shared / "data" / "gsm8k" / f"{split}.jsonl")
+                    if judges.unfit_target("gsm8k", ex.gold)]
 
 
 def test_gsm8k_verdict_reasons():
@@ -103,18 +235,20 @@ def test_gsm8k_verdict_reasons():
 # --------------------------------------------------------------------------------------------------------
 # MBPP
 
-def test_every_official_mbpp_solution_passes_except_the_known_broken(shared):
+@pytest.mark.filterwarnings("ignore:invalid escape sequence")  # in some solutions' regexes; not our concern
+def test_every_official_mbpp_solution_passes(shared):
     examples = load_task(shared / "data" / "mbpp" / "mbpp.jsonl")
     assert len(examples) == 974
     start = time.monotonic()
     verdicts = judges.mbpp_batch([(ex.gold, ex.tests, ex.setup) for ex in examples])
     elapsed = time.monotonic() - start
     failed = {ex.id: v for ex, v in zip(examples, verdicts) if not v.correct}
-    unexpected = {i: v for i, v in failed.items() if i not in KNOWN_BROKEN_MBPP}
-    assert not unexpected, unexpected
-    for task_id, verdict in failed.items():
-        assert verdict.kind == KNOWN_BROKEN_MBPP[task_id][0], (task_id, verdict)
-    assert all(v.reason == "passed 3 tests" for ex, v in zip(examples, verdicts) if ex.id not in failed)
+    # A wall-clock limit depends on the load: task 123 (amicable_numbers_sum(9999), O(n^2)) needs ~3 s of CPU
+    # and can pass 5 s while sharing 2 cores with 3 other programs. Alone it must pass, like every other one.
+    assert all(v.kind == "timeout" for v in failed.values()), failed
+    alone = {i: judges.mbpp(ex.gold, ex.tests, ex.setup) for ex in examples if (i := ex.id) in failed}
+    assert all(v.correct for v in alone.values()), alone
+    assert all(v.reason == f"passed {len(ex.tests)} tests" for ex, v in zip(examples, verdicts) if ex.id not in failed)
     assert elapsed < 120, f"judging all 974 took {elapsed:.0f} s on {os.cpu_count()} cores"
 
 
@@ -148,11 +282,60 @@ def test_mbpp_setup_runs_after_the_program_and_before_the_tests():
     assert verdict.reason == "NameError in setup"
 
 
-def test_extract_code_picks_the_block_defining_the_tested_function():
+def test_extract_code_joins_the_blocks_that_define_something():
     output = "```python\nx = 1\n```\n```py\ndef helper(): pass\ndef add(a, b): return a + b\n```"
-    assert judges.extract_code(output, TESTS).startswith("def helper")
-    assert judges.extract_code(output).strip() == "x = 1"  # no tests: the first Python block
-    assert judges.extract_code("```bash\nls\n```\ndef add(a, b): pass") == "```bash\nls\n```\ndef add(a, b): pass"
+    assert judges.extract_code(output, TESTS).startswith("def helper")  # a usage block is left out
+    assert judges.extract_code("```python\nprint(1)\n```") == "print(1)\n"  # unless it is all there is
+    assert judges.extract_code("```bash\nls\n```\ndef add(a, b): pass") == "def add(a, b): pass"
+    assert judges.extract_code("```python\nimport math\n```\n```\ndef f(): pass\n```") == \
+        "import math\ndef f(): pass\n"
+
+
+# Layouts of a correct `add` as models write them; each must pass through judges.mbpp, as in the reference
+# harnesses (which import or exec the program rather than run it as a script).
+MAIN_DEMO_INPUT = ("def add(a, b):\n    return a + b\n\nif __name__ == \"__main__\":\n    a = int(input())\n"
+                   "    print(add(a, 1))\n")
+MAIN_DEMO_WRONG_CHECK = ("def add(a, b):\n    return a + b\n\nif __name__ == '__main__':\n"
+                         "    print(add(1, 1) == 3)  # a wrong self-check\n    assert add(1, 1) == 3\n")
+HELPER_IN_ITS_OWN_BLOCK = ("First a helper class:\n```python\nclass Adder:\n    def go(self, a, b):\n"
+                           "        return a + b\n```\nThen the function:\n```python\ndef add(a, b):\n"
+                           "    return Adder().go(a, b)\n```\nExample:\n```python\nprint(add(1, 2))\n```\n"
+                           "Output:\n```\n3\n```\n")
+UNFENCED_THEN_PROSE = ("def add(a, b):\n    # plain addition\n    return a + b\n\n"
+                       "This function returns the sum of a and b. It runs in O(1) time.\n")
+PROSE_UNFENCED_PROSE = "Here is the function:\n\ndef add(a, b):\n    return a + b\n\nExplanation: we add them."
+DOCTEST_BLOCK_FIRST = "```python\n>>> add(1, 2)\n3\n```\n```python\ndef add(a, b):\n    return a + b\n```"
+IMPROVED_VERSION = ("```python\ndef add(a, b):\n    return a - b\n```\nOops, fixed:\n```python\n"
+                    "def add(a, b):\n    return a + b\n```")
+
+
+@pytest.mark.parametrize("output", [MAIN_DEMO_INPUT, MAIN_DEMO_WRONG_CHECK, HELPER_IN_ITS_OWN_BLOCK,
+                                    UNFENCED_THEN_PROSE, PROSE_UNFENCED_PROSE, DOCTEST_BLOCK_FIRST,
+                                    IMPROVED_VERSION])
+def test_mbpp_layouts_of_a_correct_function_pass(output):
+    assert judges.mbpp(output, TESTS, timeout=2) == judges.Verdict(True, "passed 3 tests", "passed")
+
+
+@pytest.mark.parametrize("output, reason", [
+    (MAIN_DEMO_INPUT.replace("a + b", "a * b"), "AssertionError in test 1"),  # a wrong function still fails
+    (HELPER_IN_ITS_OWN_BLOCK.replace("class Adder", "class Summer"), "NameError in test 1"),
+    (UNFENCED_THEN_PROSE.replace("a + b", "a + b + 1"), "AssertionError in test 1"),
+    (IMPROVED_VERSION.replace("a + b", "b - a"), "AssertionError in test 1"),  # the last definition counts
+    ("def add(a, b):\n    return a +\n\nThis adds.", "SyntaxError in program"),
+    ("```python\ndef add(a, b)\n    return a + b\n```", "SyntaxError in program"),
+])
+def test_mbpp_layouts_of_a_wrong_function_fail(output, reason):
+    assert judges.mbpp(output, TESTS, timeout=2).reason == reason
+
+
+def test_mbpp_function_shadowing_a_builtin_passes_with_its_gold(shared):
+    task = {ex.id: ex for ex in load_task(shared / "data" / "mbpp" / "mbpp.jsonl")}["126"]  # defines `sum`
+    assert "def sum(" in task.gold
+    usage_first = f"```python\nprint(sum(10, 15))\n```\n```python\n{task.gold}\n```"
+    for output in (task.gold, f"```python\n{task.gold}\n```", usage_first, task.gold + "\n\nThis sums the divisors."):
+        assert judges.mbpp(output, task.tests, task.setup).correct, output
+    wrong = task.gold.replace("sum += i", "sum += 1")
+    assert judges.mbpp(wrong, task.tests, task.setup).reason == "AssertionError in test 1"
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -161,10 +344,22 @@ def test_extract_code_picks_the_block_defining_the_tested_function():
 def test_every_nq_dev_answer_matches_itself(shared):
     examples = load_task(shared / "data" / "nq_open" / "NQ-open.dev.jsonl")
     assert len(examples) == 3610
+    # Aliases with no letter or digit match nothing (judges.nq). In this file: ")" and "---", the only aliases
+    # of questions 363 and 290 (data errors: a season and a number of breeds), and "*" beside real aliases.
+    unusable = {ex.id: alias for ex in examples for alias in ex.answers if not any(ch.isalnum() for ch in alias)}
+    assert unusable == {"290": "---", "363": ")", "2720": "*"}
     for ex in examples:
         for alias in ex.answers:
             for mode in judges.NQ_MODES:
-                assert judges.nq(alias, ex.answers, mode).correct, (ex.id, alias, mode)
+                assert judges.nq(alias, ex.answers, mode).correct == (unusable.get(ex.id) != alias), \
+                    (ex.id, alias, mode)
+
+
+def test_nq_alias_of_punctuation_only_matches_nothing():
+    assert judges.nq(")", [")"]) == judges.Verdict(False, "no usable alias in [')']", "no usable alias")
+    assert judges.nq("It is ---", ["---", ""], "exact").kind == "no usable alias"
+    assert not judges.nq("Use **bold** text", ["*", "the symbol ×"]).correct  # a markdown star is no match
+    assert judges.nq("It is the symbol ×", ["*", "the symbol ×"]).correct
 
 
 @pytest.mark.parametrize("text, normalized", [

@@ -231,6 +231,28 @@ def test_honest_program_with_background_children_passes_and_leaves_nothing(isola
     assert not leftovers()
 
 
+# The parent ends while a forked copy of the harness goes on through the tests. Only the harness's own
+# process writes markers, so the verdict never depends on whether the child got there before the teardown.
+FORKS = {
+    "parent os._exit after the program": ("import os\ndef f(x): return x + 1\nif os.fork():\n    os._exit(0)",
+                                          "exited with code 0 in program"),
+    "parent sys.exit after the program": ("import os, sys\ndef f(x): return x + 1\nif os.fork():\n    sys.exit(0)",
+                                          "SystemExit in program"),
+    "parent exits inside a test": ("import os\ndef f(x):\n    if os.fork():\n        os._exit(0)\n    return x + 1",
+                                   "exited with code 0 in test 1"),
+    "child exits, parent goes on": ("import os\ndef f(x): return x + 1\nif os.fork() == 0:\n    os._exit(0)",
+                                    "passed 3 tests"),
+}
+
+
+@pytest.mark.parametrize("name", list(FORKS))
+def test_forking_program_gets_the_same_verdict_every_time(name):
+    code, reason = FORKS[name]
+    verdicts = judges.mbpp_batch([(code, TESTS, "")] * 10, workers=2, timeout=TIMEOUT)
+    assert {v.reason for v in verdicts} == {reason}, verdicts
+    assert not leftovers()
+
+
 def test_stage_names_must_be_unique():
     with pytest.raises(ValueError, match="unique"):
         sandbox.run([("program", "pass"), ("program", "pass")])
