@@ -49,6 +49,9 @@ def parse_args(argv):
     g.add_argument("--max-new-tokens", type=int, default=512, help="longer generations are never targets")
     g.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
     g.add_argument("--workers", type=int, help="MBPP programs judged in parallel (default: twice the cores)")
+    g.add_argument("--keep-answer-only", action="store_true",
+                   help="switch off the target quality rule (judges.unfit_target): accept a correct answer even "
+                        "when it has no worked step")
     g = p.add_argument_group("LoRA")
     g.add_argument("--lora-r", type=int, default=ld.r)
     g.add_argument("--lora-alpha", type=float, default=ld.alpha)
@@ -100,14 +103,14 @@ def main(argv=None) -> int:
         check_settings(out / "run.json", {"method": args.method, "model": str(args.model),
                                           "data": str(Path(args.data).resolve()), "limit": args.limit,
                                           "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings),
-                                          "max_len": args.max_len,
+                                          "max_len": args.max_len, "quality_rule": not args.keep_answer_only,
                                           "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}},
                        str(out))
         tok = ssr.load_tokenizer(args.model)
         model = ssr.load_model(args.model, dtype=dtype, device=device)
         adapter = run_method(args.method, model, tok, examples, out, lora_settings=lora_settings, train_config=cfg,
                              batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_len=args.max_len,
-                             workers=args.workers)
+                             workers=args.workers, quality=not args.keep_answer_only)
     except (FloatingPointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

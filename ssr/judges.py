@@ -532,9 +532,9 @@ def judge_records(examples: dict[str, Example], records: Sequence[dict], out_pat
                   **options) -> list[dict]:
     """Judge generate.py records ({"id", "mode", "output", ...}) into a resumable verdicts JSONL file.
 
-    Appends {"id", "mode", "task", "correct", "kind", "reason"} for each (id, mode) that `out_path`
-    lacks, as verdicts finish; returns the verdict records of `records`, in their order. Records whose
-    id is not in `examples` are an error.
+    Appends {"id", "mode", "task", "correct", "kind", "reason", "unfit"} for each (id, mode) that `out_path`
+    lacks, as verdicts finish ("unfit": `unfit_target`'s reason, or null); returns the verdict records of
+    `records`, in their order. Records whose id is not in `examples` are an error.
     """
     unknown = [r["id"] for r in records if str(r["id"]) not in examples]
     if unknown:
@@ -549,7 +549,8 @@ def judge_records(examples: dict[str, Example], records: Sequence[dict], out_pat
                 bar.update()
                 example = examples[str(todo[i]["id"])]
                 yield {"id": example.id, "mode": todo[i].get("mode"), "task": example.task,
-                       "correct": verdict.correct, "kind": verdict.kind, "reason": verdict.reason}
+                       "correct": verdict.correct, "kind": verdict.kind, "reason": verdict.reason,
+                       "unfit": unfit_target(example.task, todo[i]["output"])}
         append_records(out_path, finished())
     by_key = {key(v): v for v in read_records(out_path)}
     return [by_key[key(r)] for r in records]

@@ -102,7 +102,7 @@ def check_settings(path: str | Path, settings: dict, what: str, may_change: tupl
 def atomic_dir(final: Path):
     """Yield a temporary folder that replaces `final` once all of it is synced to disk. A crash leaves the old
     folder or the new one, never a mix: between the renames the old one sits at `final.old` (the trainer's
-    latest_checkpoint falls back to it)."""
+    loop falls back to it)."""
     tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
