@@ -18,39 +18,10 @@ How a run is contained (the `Isolation` that `best_isolation()` picks, best firs
                            `-> python -c <_reaper>: PID 1 of the new namespaces, still root
                                 `-> fork: rlimits, no_new_privs, setuid(fresh uid), exec python -c <_harness>
 
-Contained, when running as root with namespaces (the setup here and in CI):
-- time: the judge SIGKILLs the whole tree at the wall-clock timeout, RLIMIT_CPU backs it up, and the reaper
-  gives up by itself shortly after the timeout, so even a dead judge leaves nothing running for long.
-- memory (RLIMIT_AS per process), processes and threads (RLIMIT_NPROC, on a uid no one else uses), the size
-  of any file written (RLIMIT_FSIZE; stdout and stderr are captured into files, so endless output fails
-  with "File too large"), open files, core dumps. stdin is /dev/null; only the first `output_chars` of the
-  output are read back.
-- processes: background children, double forks and setsid escapees all die with the PID namespace, and the
-  judge returns only once they are gone.
-- signals: the program runs under a uid of its own and sees only its namespace, so it cannot signal the judge,
-  the reaper or anything else (`kill(-1)` reaches only itself).
-- files: it can write only to private tmpfs mounts on /tmp (its cwd and HOME is /tmp/work), /var/tmp, /dev/shm
-  and /run/lock, size-capped and gone with the namespace; elsewhere file permissions apply to its uid, so the
-  caller's files are safe unless world-writable. setuid binaries do not elevate it (no_new_privs).
-- secrets: the environment is built from scratch (PATH, locale, hash seed, HOME, TMPDIR) and /proc shows only
-  the namespace, so neither the judge's environment nor its memory can be read.
-- network: a fresh network namespace with no interface up.
-
-Not contained:
-- reading world-readable files (the repository, datasets, /etc).
-- CPU and memory bandwidth: until it is killed, a program competes with the judge for the machine.
-- in-process tricks written against this harness: the nonce lives in the harness's memory, so code that walks
-  the harness's stack frames or `gc` objects, or installs `sys.settrace`, could forge markers. The threat model
-  is a buggy or reward-hacking model, not an adversary who has read this file. Likewise an object whose
-  `__eq__` always returns True passes `assert f(x) == y`: a pass means exactly that every assert held.
-- Without namespaces (no working unshare), a setsid escapee survives the kill of the process group; as root it
-  is still found and killed by uid, and other files are protected by permissions, but /tmp is the shared one.
-  Without root, nothing runs under another uid: the program can signal the caller's processes, read their
-  environment through /proc, write the caller's files and reopen its own marker file through /proc to forge
-  a pass; fork bombs are not limited. `best_isolation()` says which case applies.
-
-The program gets the standard library only (`python -S`) and PYTHONHASHSEED=0, so verdicts are reproducible:
-a set of strings iterates in the same order on every run. Linux only (pidfd, namespaces, /proc).
+What each layer contains (time, memory, processes, signals, files, secrets, network), what is not contained,
+and what the weaker isolations give up: docs/judges.md, "The MBPP sandbox". The program gets the standard
+library only (`python -S`) and PYTHONHASHSEED=0, so verdicts are reproducible. Linux only (pidfd, namespaces,
+/proc).
 """
 from __future__ import annotations
 
