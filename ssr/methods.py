@@ -91,7 +91,8 @@ def s3ft(examples, gold, answers: Answers) -> list[Target]:
 
 
 def sdft(examples, gold, answers: Answers) -> list[Target]:
-    rewrites = answers("rewrite", examples)  # filtered by sdft_verify (and, in the sdft recipe, sdft_check_math)
+    # SDFT's own filter (sdft_verify); the sdft recipe's answers also passed its last-integer rule, the project's a judge
+    rewrites = {id: a for id, a in answers("rewrite", examples).items() if sdft_verify(a.output) is None}
     return [first_accepted(e, gold, (rewrites, "rewrite")) for e in examples]
 
 
@@ -215,9 +216,7 @@ def cached_answers(model, tok, run_dir, *, batch_size: int = 16, max_new_tokens:
         else:
             verdicts = judges.judge_records({e.id: e for e in examples}, records, run / f"{mode}.verdicts.jsonl",
                                             workers=workers, progress=progress)
-            out = {r["id"]: Answer(r["output"], rejection(r, v, quality) or
-                                   (sdft_verify(r["output"]) if mode == "rewrite" else None))
-                   for r, v in zip(records, verdicts)}
+            out = {r["id"]: Answer(r["output"], rejection(r, v, quality)) for r, v in zip(records, verdicts)}
         answers.rejected.update({(mode, id): a.rejected for id, a in out.items() if a.rejected})
         return out
 

@@ -198,7 +198,8 @@ def prompt_ids(tok, prompt: tasks.Prompt) -> list[int]:
     recipe's text pieces are the exception, on purpose: the official code encodes them one by one after BOS.
     """
     if prompt.pieces is not None:
-        return [tok.bos_id] + [i for piece in prompt.pieces for i in tok.encode(piece)]
+        bos = [] if tok.bos_id is None else [tok.bos_id]  # LLaMA-Factory: no BOS for tokenizers without one
+        return bos + [i for piece in prompt.pieces for i in tok.encode(piece)]
     if not prompt.prefix:
         return tok.apply_chat_template(prompt.messages, add_generation_prompt=True)
     text = tok.render_chat(prompt.messages + [{"role": "assistant", "content": prompt.prefix}])
@@ -210,7 +211,8 @@ def prompt_text(tok, prompt: tasks.Prompt) -> str:
     """The prompt as the text its ids were encoded from, special tokens written out (for reading records).
     SDFT recipe pieces are joined here, but were encoded one by one (each with its leading "▁")."""
     if prompt.pieces is not None:
-        return tok.decode([tok.bos_id], skip_special_tokens=False) + "".join(prompt.pieces)
+        bos = "" if tok.bos_id is None else tok.decode([tok.bos_id], skip_special_tokens=False)
+        return bos + "".join(prompt.pieces)
     if not prompt.prefix:
         return tok.render_chat(prompt.messages, add_generation_prompt=True)
     text = tok.render_chat(prompt.messages + [{"role": "assistant", "content": prompt.prefix}])
