@@ -8,7 +8,7 @@
 
 Each method is one function `method(examples, gold, answers) -> [Target]`. It asks `answers(mode,
 examples)` for the generations it needs; `cached_answers` makes that function for a run folder: it
-generates with the base model (adapters off, greedy), judges, and keeps both on disk, so a rerun
+generates with the base model (adapters off; greedy, or sampled in the sdft recipe), judges, and keeps both on disk, so a rerun
 resumes. `run_method` chains targets and LoRA training. In the run folder:
 
     predict.jsonl, predict.verdicts.jsonl         the base model's answers (SSR, S3FT)
