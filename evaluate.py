@@ -26,6 +26,7 @@ from pathlib import Path
 import ssr
 from ssr import evaluation, judges, lora
 from ssr.checkpoint import device_and_dtype
+from ssr.tasks import MBPP_SPLITS
 from ssr.evaluation import PRIMARY, TARGET_FILES, drop_table, markdown_table, primary_score, run_benchmarks, \
     target_examples
 
@@ -91,6 +92,8 @@ def main(argv=None) -> int:
                    help="comma-separated: " + ", ".join([*TARGET_FILES, *evaluation.LOADERS]) + ", or NAME=FILE")
     p.add_argument("--data-dir", type=Path, help="folder with the official files (layout of ../shared/data)")
     p.add_argument("--limit", type=int, help="at most this many questions per benchmark (a fixed-seed sample)")
+    p.add_argument("--split", choices=tuple(MBPP_SPLITS), default="test",
+                   help="MBPP: the official split scored (default test, task_ids 11-510)")
     p.add_argument("--out", type=Path, help="results JSON (updated after each benchmark)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
     p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per scoring forward pass")
@@ -108,11 +111,12 @@ def main(argv=None) -> int:
         p.error("--out is required (or --compare)")
     tasks = parse_tasks(args.tasks, args.data_dir)
     device, dtype = device_and_dtype(args.device, args.dtype)
-    settings = {"model": str(args.model), "adapter": args.adapter, "limit": args.limit, "dtype": str(dtype),
+    settings = {"model": str(args.model), "adapter": args.adapter, "limit": args.limit, "split": args.split,
+                "dtype": str(dtype),
                 "max_new_tokens": args.max_new_tokens, "nq_mode": args.nq_mode}
     items = {}
     for name, (kind, file) in tasks.items():
-        items[name] = target_examples(name, file, args.limit) if kind == "target" \
+        items[name] = target_examples(name, file, args.limit, args.split) if kind == "target" \
             else evaluation.LOADERS[name](args.data_dir, args.limit)
     model = ssr.load_model(args.model, dtype=dtype, device=device)
     if args.adapter:

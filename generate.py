@@ -5,7 +5,7 @@
 
 Modes (prompts in ssr/tasks.py): predict (the model answers the task, SSR/S3FT), paraphrase (restates the
 gold answer in its own words, S3FT), rewrite (SDFT's distillation prompt). Greedy unless --temperature > 0.
-Each record: {"id", "mode", "messages", "output", "finish_reason": "stop"|"length", "prompt_tokens",
+Each record: {"id", "mode", "messages", "prompt_text" (the exact rendered prompt), "output", "finish_reason": "stop"|"length", "prompt_tokens",
 "output_tokens"} (+ "prefix" in rewrite mode). Resumable: a rerun skips the (id, mode) pairs already in
 --out; a killed run loses at most the batch in flight. The settings that shape the outputs are kept beside
 --out (NAME.settings.json), and a rerun with others is refused.
@@ -21,7 +21,7 @@ import ssr
 from ssr.checkpoint import device_and_dtype
 from ssr.runfiles import check_settings
 from ssr.sampling import generate_records
-from ssr.tasks import MODES, TASKS, load_task
+from ssr.tasks import MBPP_SPLITS, MODES, TASKS, load_task
 from ssr.tokenizer import TEMPLATES
 
 
@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=MODES, default="predict")
     p.add_argument("--out", required=True, help="output JSONL; appended to, and skipped on a rerun")
     p.add_argument("--adapter", help="a LoRA adapter folder (PEFT format) to generate with")
-    p.add_argument("--limit", type=int, help="only the first N examples of the task file")
+    p.add_argument("--limit", type=int, help="only the first N examples of the task file (of --split, when given)")
+    p.add_argument("--split", choices=tuple(MBPP_SPLITS), help="MBPP: the official split by task_id")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
 
-    examples = load_task(args.task_file, args.task, args.limit)
+    examples = load_task(args.task_file, args.task, args.limit, args.split)
     device, dtype = device_and_dtype(args.device, args.dtype)
     try:  # what shapes the outputs must not change between the runs that append to --out
         check_settings(Path(args.out).with_suffix(".settings.json"), {

@@ -6,8 +6,14 @@
 
 A method only decides each example's target (ssr/methods.py): sft the gold answer; ssr the base
 model's own answer where the judge accepts it; s3ft that, else the model's paraphrase of gold; sdft
-the model's rewrite of gold. Targets come from the base model, greedy, before any training. Then
-one LoRA loop (ssr/trainer.py) trains on (task prompt, target) with the loss on the target only.
+the model's rewrite of gold. Targets come from the base model before any training. Then one LoRA
+loop (ssr/trainer.py) trains on (task prompt, target) with the loss on the target only.
+
+--recipe sets every default below (ssr/methods.py RECIPES, sources in docs/recipes.md): "project"
+(greedy targets, the task prompts in the model's chat template) or "sdft", SDFT's published GSM8K
+recipe as its official code runs it (sampled rewrites, its own prompts, filter and training settings),
+the default of --method sdft on GSM8K. MBPP: --split train|validation|test|prompt (official task_ids);
+training on the test split is refused unless --allow-test-split.
 
 The run folder keeps every step (predictions, verdicts, targets.jsonl, checkpoints, adapter/), so
 running the same command again continues an interrupted run, or does nothing if it finished.
@@ -27,12 +33,11 @@ from ssr import lora, methods
 from ssr.checkpoint import device_and_dtype
 from ssr.methods import run_method
 from ssr.runfiles import check_settings
-from ssr.tasks import TASKS, load_task
+from ssr.tasks import MBPP_SPLITS, RECIPES, TASKS, load_task, refuse_test_split
 from ssr.trainer import RESUMABLE_CHANGES, TrainConfig
 
 
 def parse_args(argv):
-    d, ld = TrainConfig(), lora.LoraSettings()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo", action="store_true", help="run the CPU demo (the default with no arguments); "
@@ -40,38 +45,48 @@ def parse_args(argv):
     p.add_argument("--method", choices=methods.METHODS, default="sft", help="how the targets are chosen")
     p.add_argument("--task", choices=(*TASKS, "chat"), help="the data's format (default: detected)")
     p.add_argument("--data", help="a GSM8K, MBPP or NQ-open JSONL file, or chat records (sft only)")
-    p.add_argument("--limit", type=int, help="train on the first N examples")
+    p.add_argument("--limit", type=int, help="train on the first N examples (of --split, when given)")
+    p.add_argument("--split", choices=tuple(MBPP_SPLITS), help="MBPP: the official split by task_id "
+                   "(train 601-974, validation 511-600, test 11-510, prompt 1-10)")
+    p.add_argument("--allow-test-split", action="store_true", help="train on MBPP test task_ids anyway "
+                                                                   "(inflates every MBPP score)")
+    p.add_argument("--recipe", choices=RECIPES, help="the settings every default below comes from (default: sdft "
+                                                     "for --method sdft on GSM8K, else project)")
     p.add_argument("--model", default=ssr.DEFAULT_MODEL, help="HF checkpoint folder, or the built-in default")
     p.add_argument("--out", help="run folder: generations, verdicts, targets, checkpoints, adapter")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (what rerunning the same "
                                                          "command does anyway: every step resumes)")
     g = p.add_argument_group("target generation (ssr, s3ft, sdft)")
-    g.add_argument("--max-new-tokens", type=int, default=512, help="longer generations are never targets")
+    g.add_argument("--max-new-tokens", type=int, help="longer generations are never targets")
+    g.add_argument("--temperature", type=float, help="0: greedy (project); sdft: 0.95")
+    g.add_argument("--top-k", type=int, help="sample from the k most likely tokens (0: all)")
+    g.add_argument("--top-p", type=float, help="sample from the smallest set with this probability")
+    g.add_argument("--sample-seed", type=int, help="seed of the target sampling (recorded in run.json)")
     g.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
     g.add_argument("--workers", type=int, help="MBPP programs judged in parallel (default: twice the cores)")
     g.add_argument("--keep-answer-only", action="store_true",
                    help="switch off the target quality rule (judges.unfit_target): accept a correct answer even "
                         "when it has no worked step")
     g = p.add_argument_group("LoRA")
-    g.add_argument("--lora-r", type=int, default=ld.r)
-    g.add_argument("--lora-alpha", type=float, default=ld.alpha)
-    g.add_argument("--lora-dropout", type=float, default=ld.dropout)
-    g.add_argument("--lora-modules", "--targets", dest="lora_modules", default=",".join(ld.modules),
+    g.add_argument("--lora-r", type=int)
+    g.add_argument("--lora-alpha", type=float)
+    g.add_argument("--lora-dropout", type=float)
+    g.add_argument("--lora-modules", "--targets", dest="lora_modules",
                    help=f"the projections LoRA wraps, comma-separated, from {','.join(lora.MODULES)}")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--warmup", type=float, default=d.warmup, help="fraction of the steps spent in linear warmup")
-    g.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="the cosine ends at lr * this")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="0 disables clipping")
-    g.add_argument("--micro-batch", type=int, default=d.micro_batch, help="sequences per micro-batch, at most")
-    g.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="padded tokens per micro-batch, at most")
-    g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
-    g.add_argument("--max-len", type=int, default=2048, help="longer conversations are truncated")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--warmup", type=float, help="fraction of the steps spent in linear warmup")
+    g.add_argument("--min-lr-ratio", type=float, help="the cosine ends at lr * this")
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--max-grad-norm", type=float, help="0 disables clipping")
+    g.add_argument("--micro-batch", type=int, help="sequences per micro-batch, at most")
+    g.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens, help="padded tokens per micro-batch, at most")
+    g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    g.add_argument("--max-len", type=int, help="longer conversations are truncated")
+    g.add_argument("--seed", type=int, help="training seed")
     g = p.add_argument_group("runtime")
-    g.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints; 0: at the end")
+    g.add_argument("--save-every", type=int, default=TrainConfig.save_every, help="steps between checkpoints; 0: at the end")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="base weights; auto: bfloat16 on CUDA, float32 on CPU (LoRA weights are always float32)")
@@ -89,6 +104,20 @@ def main(argv=None) -> int:
     parser, args = parse_args(argv)
     if not args.data or not args.out:
         parser.error("--data and --out are required to train (or no arguments at all, for the demo)")
+    try:
+        examples = load_task(args.data, args.task, None, args.split)
+        if not args.allow_test_split:
+            refuse_test_split(examples, args.data)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    examples = examples[:args.limit] if args.limit else examples
+    recipe = args.recipe or methods.default_recipe(args.method, examples[0].task)
+    for name, value in methods.RECIPES[recipe].items():  # a flag left unset takes the recipe's value
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.sample_seed}
+    print(f"recipe {recipe}: targets {'sampled ' + str(sampling) if args.temperature else 'greedy'}")
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                          if f.name not in ("checkpointing", "bf16")},
                       checkpointing=args.gradient_checkpointing, bf16=not args.no_bf16_autocast)
@@ -97,20 +126,23 @@ def main(argv=None) -> int:
     device, dtype = device_and_dtype(args.device, args.dtype)
 
     try:
-        examples = load_task(args.data, args.task, args.limit)
         out = Path(args.out)
         # What decides the targets must not change within a run folder (the trainer checks its own settings).
         check_settings(out / "run.json", {"method": args.method, "model": str(args.model),
                                           "data": str(Path(args.data).resolve()), "limit": args.limit,
+                                          "split": args.split, "recipe": recipe,
+                                          "sampling": {"do_sample": args.temperature > 0, **sampling,
+                                                       "max_new_tokens": args.max_new_tokens},
                                           "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings),
-                                          "max_len": args.max_len, "quality_rule": not args.keep_answer_only,
+                                          "max_len": args.max_len, "quality_rule": not args.keep_answer_only and recipe == "project",
                                           "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}},
                        str(out))
         tok = ssr.load_tokenizer(args.model)
         model = ssr.load_model(args.model, dtype=dtype, device=device)
         adapter = run_method(args.method, model, tok, examples, out, lora_settings=lora_settings, train_config=cfg,
                              batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_len=args.max_len,
-                             workers=args.workers, quality=not args.keep_answer_only)
+                             workers=args.workers, quality=not args.keep_answer_only and recipe == "project",
+                             recipe=recipe, sampling=sampling)
     except (FloatingPointError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

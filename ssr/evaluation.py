@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ssr import judges
+from ssr import judges, tasks
 from ssr.runfiles import check_settings, read_records, write_atomic
 from ssr.sampling import generate_records
 from ssr.tasks import load_task
@@ -264,14 +264,12 @@ def drop_table(runs: dict[str, dict], exclude=(), targets=None, extra_rows=()) -
 
 # the official files under --data-dir, as laid out in ../shared/data
 TARGET_FILES = {"gsm8k": "gsm8k/test.jsonl", "mbpp": "mbpp/mbpp.jsonl", "nq": "nq_open/NQ-open.dev.jsonl"}
-MBPP_TEST_IDS = range(11, 511)  # the MBPP paper's test split: task_ids 11-510
-
-
-def target_examples(task: str, path, limit: int | None = None) -> list:
-    """A target task's evaluation examples: GSM8K test, MBPP 11-510, NQ-open dev (or any task file)."""
+def target_examples(task: str, path, limit: int | None = None, split: str = "test") -> list:
+    """A target task's evaluation examples: GSM8K test, MBPP's `split` (test: task_ids 11-510), NQ-open dev
+    (or any task file)."""
     examples = load_task(path)
     if examples[0].task == "mbpp" and task == "mbpp":
-        examples = [e for e in examples if int(e.id) in MBPP_TEST_IDS]
+        examples = [e for e in examples if int(e.id) in tasks.MBPP_SPLITS[split]]
     return subsample(examples, limit)
 
 

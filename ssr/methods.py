@@ -8,7 +8,7 @@
 
 Each method is one function `method(examples, gold, answers) -> [Target]`. It asks `answers(mode,
 examples)` for the generations it needs; `cached_answers` makes that function for a run folder: it
-generates with the base model (adapters off, greedy), judges, and keeps both on disk, so a rerun
+generates with the base model (adapters off; greedy, or sampled in the sdft recipe), judges, and keeps both on disk, so a rerun
 resumes. `run_method` chains targets and LoRA training. In the run folder:
 
     predict.jsonl, predict.verdicts.jsonl         the base model's answers (SSR, S3FT)
@@ -16,9 +16,16 @@ resumes. `run_method` chains targets and LoRA training. In the run folder:
     rewrite.jsonl, rewrite.verdicts.jsonl         its rewrites of gold (SDFT)
     targets.jsonl                                 one record per example: id, messages, response, source
 
+Two recipes set everything around the target choice (`RECIPES`; sources in docs/recipes.md):
+"project", this project's choices (the task prompts in the model's chat template, greedy targets, the
+judges), and "sdft", SDFT's published GSM8K recipe as its official code runs it (sail-sg/sdft, branch
+`reproduce`): LLaMA-Factory's text templates, sampled rewrites, the `verify()` + last-integer filter, and
+its training settings. `--method sdft` on GSM8K defaults to the latter.
+
 The trap avoided: a generation cut off at max_new_tokens can still contain a correct-looking answer;
 it never ends, so training on it would teach the model not to stop. Such a generation is never a
-target, whatever the judge said; nor is an empty one.
+target, whatever the judge said; nor is an empty one (in both recipes: the official SDFT code has no
+such rule, this project keeps it).
 """
 from __future__ import annotations
 
@@ -32,9 +39,9 @@ import torch
 
 from ssr import judges, lora
 from ssr.runfiles import read_records, write_records
-from ssr.sampling import generate_records
-from ssr.tasks import TASKS, Example, gold_response, predict_messages
-from ssr.trainer import TrainConfig, encode, train
+from ssr.sampling import generate_records, prompt_ids
+from ssr.tasks import TASKS, Example, build_prompt, gold_response, predict_messages
+from ssr.trainer import Sample, TrainConfig, encode, train
 
 METHODS = ("sft", "ssr", "s3ft", "sdft")
 SOURCES = ("gold", "self", "paraphrase", "rewrite")
@@ -83,16 +90,79 @@ def s3ft(examples, gold, answers: Answers) -> list[Target]:
     return [first_accepted(e, gold, (own, "self"), (paraphrased, "paraphrase")) for e in examples]
 
 
-# SDFT's own filter: a rewrite that talks about the reference it was shown is not in the model's own voice.
-MENTIONS_REFERENCE = re.compile(r"reference (answer|solution)", re.IGNORECASE)
-
-
 def sdft(examples, gold, answers: Answers) -> list[Target]:
-    rewrites = {id: a for id, a in answers("rewrite", examples).items() if not MENTIONS_REFERENCE.search(a.output)}
+    # SDFT's own filter (sdft_verify); the sdft recipe's answers also passed its last-integer rule, the project's a judge
+    rewrites = {id: a for id, a in answers("rewrite", examples).items() if sdft_verify(a.output) is None}
     return [first_accepted(e, gold, (rewrites, "rewrite")) for e in examples]
 
 
 CHOOSE = {"sft": sft, "ssr": ssr, "s3ft": s3ft, "sdft": sdft}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the recipes: every setting a run's flags default to (sources: docs/recipes.md)
+
+RECIPES = {
+    "project": dict(epochs=3, lr=1e-4, warmup=0.03, min_lr_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
+                    micro_batch=2, grad_accum=4, seed=0, lora_r=8, lora_alpha=16.0, lora_dropout=0.05,
+                    lora_modules="q_proj,v_proj", max_len=2048, max_new_tokens=512,
+                    temperature=0.0, top_k=0, top_p=1.0, sample_seed=None),
+    # sail-sg/sdft@reproduce: scripts/gsm8k/sdft.sh (epochs, lr, batch 2 x 4, cosine, q_proj,v_proj),
+    # hparams/finetuning_args.py (lora_rank 8, alpha = 2 * rank, dropout 0.1), data_args.py (cutoff_len 1024),
+    # generating_args.py (do_sample, temperature 0.95, top_p 0.7, top_k 50, max_new_tokens 512); warmup,
+    # weight decay, clipping and seed 42 are transformers' TrainingArguments defaults (not overridden).
+    "sdft": dict(epochs=5, lr=1e-4, warmup=0.0, min_lr_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
+                 micro_batch=2, grad_accum=4, seed=42, lora_r=8, lora_alpha=16.0, lora_dropout=0.1,
+                 lora_modules="q_proj,v_proj", max_len=1024, max_new_tokens=512,
+                 temperature=0.95, top_k=50, top_p=0.7, sample_seed=42),
+}
+
+
+def default_recipe(method: str, task: str) -> str:
+    """SDFT's published recipe exists for GSM8K: --method sdft on GSM8K runs it unless told otherwise."""
+    return "sdft" if method == "sdft" and task == "gsm8k" else "project"
+
+
+# SDFT's filter of its rewrites (sail-sg/sdft, eval/gen_distilled_data.py `verify`): a rewrite that talks
+# about the reference or about "your response" is not the model answering in its own voice.
+SDFT_BANNED = ("reference answer", "your response", "my response", "your own response", "now it's your turn")
+
+
+def sdft_verify(text: str) -> str | None:
+    """Why `verify()` rejects a rewrite (case-insensitive phrases; a case-sensitive "Your turn" start), or None."""
+    for phrase in SDFT_BANNED:
+        if phrase in text.lower():
+            return f"sdft verify: mentions {phrase!r}"
+    if text.startswith("Your turn"):
+        return "sdft verify: starts with 'Your turn'"
+    return None
+
+
+def find_last_integer(s: str) -> str:
+    """eval/utils.py `find_last_integer`: the last number, commas and spaces between digit groups joined; a
+    number with a non-zero decimal part is "-999999999" (invalid); "3.0" is "3"."""
+    numbers = re.findall(r"-?\d+(?:[,\s]\d+)*(?:\.\d+)?", s)
+    number = numbers[-1].replace(",", "").replace(" ", "") if numbers else "-999999999"
+    if len(number.split(".")) > 1 and int(number.split(".")[1]) != 0:
+        return "-999999999"
+    return number.split(".")[0]
+
+
+def sdft_check_math(output: str, gold: str) -> bool:
+    """eval/eval_math.py `check_math`: the last integers of the output and of the gold answer are equal."""
+    try:
+        return int(find_last_integer(gold)) == int(find_last_integer(output.strip()))
+    except ValueError:
+        return False
+
+
+def hf_clean_up(text: str) -> str:
+    """transformers 4.34's `clean_up_tokenization` (decode(..., clean_up_tokenization_spaces=True)), which the
+    official code applies to the generated rewrites before it trains on them."""
+    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                 (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(a, b)
+    return text
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -113,11 +183,25 @@ def rejection(generation: dict, verdict: dict, quality: bool = True) -> str | No
     return None
 
 
+def sdft_answer(record: dict, example: Example) -> Answer:
+    """The SDFT recipe's rewrite and its filter, as gen_distilled_data.py has them: the decoded text cleaned up
+    and stripped, kept if verify() passes and its last integer is the gold one (no judge)."""
+    text = hf_clean_up(record["output"]).strip()
+    if record["finish_reason"] != "stop":
+        return Answer(text, "cut at max_new_tokens")
+    if not text:
+        return Answer(text, "empty")
+    why = sdft_verify(text) or (None if sdft_check_math(text, gold_response(example)) else "sdft: last integer differs")
+    return Answer(text, why)
+
+
 def cached_answers(model, tok, run_dir, *, batch_size: int = 16, max_new_tokens: int = 512,
-                   workers: int | None = None, quality: bool = True, progress: bool = True) -> Answers:
+                   workers: int | None = None, quality: bool = True, progress: bool = True,
+                   recipe: str = "project", sampling: dict | None = None) -> Answers:
     """An `answers` function that generates with the base model (adapters off), judges, and keeps both in
     run_dir/{mode}.jsonl and {mode}.verdicts.jsonl; each file resumes where a previous run stopped.
-    Why each answer was not accepted is kept in `answers.rejected[(mode, id)]`."""
+    sampling: temperature, top_k, top_p, seed (default greedy). The sdft recipe filters its rewrites with
+    `sdft_answer` instead of a judge. Why each answer was not accepted is kept in `answers.rejected[(mode, id)]`."""
     run = Path(run_dir)
 
     def answers(mode: str, examples: list[Example]) -> dict[str, Answer]:
@@ -125,10 +209,14 @@ def cached_answers(model, tok, run_dir, *, batch_size: int = 16, max_new_tokens:
             return {}
         with lora.disabled(model):
             records = generate_records(model, tok, examples, mode, run / f"{mode}.jsonl", batch_size=batch_size,
-                                       max_new_tokens=max_new_tokens, progress=progress)
-        verdicts = judges.judge_records({e.id: e for e in examples}, records, run / f"{mode}.verdicts.jsonl",
-                                        workers=workers, progress=progress)
-        out = {r["id"]: Answer(r["output"], rejection(r, v, quality)) for r, v in zip(records, verdicts)}
+                                       max_new_tokens=max_new_tokens, progress=progress, recipe=recipe,
+                                       **(sampling or {}))
+        if recipe == "sdft":
+            out = {r["id"]: sdft_answer(r, e) for r, e in zip(records, examples)}
+        else:
+            verdicts = judges.judge_records({e.id: e for e in examples}, records, run / f"{mode}.verdicts.jsonl",
+                                            workers=workers, progress=progress)
+            out = {r["id"]: Answer(r["output"], rejection(r, v, quality)) for r, v in zip(records, verdicts)}
         answers.rejected.update({(mode, id): a.rejected for id, a in out.items() if a.rejected})
         return out
 
@@ -136,7 +224,8 @@ def cached_answers(model, tok, run_dir, *, batch_size: int = 16, max_new_tokens:
     return answers
 
 
-def build_targets(method: str, examples: list[Example], answers: Answers, run_dir) -> list[Target]:
+def build_targets(method: str, examples: list[Example], answers: Answers, run_dir,
+                  recipe: str = "project") -> list[Target]:
     """The training target of every example for this method, cached in run_dir/targets.jsonl."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -149,7 +238,8 @@ def build_targets(method: str, examples: list[Example], answers: Answers, run_di
                          f"these examples are {examples[0].task!r} records (use --method sft)")
     targets = CHOOSE[method](examples, {e.id: gold_response(e) for e in examples}, answers)
     rejected = getattr(answers, "rejected", {})
-    write_records(path, ({"id": t.id, "messages": predict_messages(e), "response": t.response, "source": t.source,
+    write_records(path, ({"id": t.id, "messages": build_prompt(e, "train", recipe).messages, "response": t.response,
+                          "source": t.source,
                           "rejected": {mode: why for (mode, id), why in rejected.items() if id == e.id}}
                          for e, t in zip(examples, targets)))
     return targets
@@ -169,21 +259,25 @@ def target_stats(run_dir) -> str:
 
 def run_method(method: str, model, tok, examples: list[Example], run_dir, *, lora_settings: lora.LoraSettings,
                train_config: TrainConfig, batch_size: int = 16, max_new_tokens: int = 512, max_len: int = 2048,
-               workers: int | None = None, quality: bool = True, progress: bool = True) -> Path:
+               workers: int | None = None, quality: bool = True, progress: bool = True,
+               recipe: str = "project", sampling: dict | None = None) -> Path:
     """Targets, then LoRA training; returns the adapter folder. Whatever run_dir already holds is reused."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     answers = cached_answers(model, tok, run, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                             workers=workers, quality=quality, progress=progress)
-    targets = build_targets(method, examples, answers, run)
+                             workers=workers, quality=quality, progress=progress, recipe=recipe, sampling=sampling)
+    targets = build_targets(method, examples, answers, run, recipe)
     print(f"{method} targets: {target_stats(run)}")
     adapter = run / "adapter"
     if (adapter / "adapter_config.json").is_file():
         print(f"{adapter} is already trained")
         return adapter
-    conversations = [predict_messages(e) + [{"role": "assistant", "content": t.response}]
-                     for e, t in zip(examples, targets)]
-    samples, cut = encode(tok, conversations, max_len, [t.source for t in targets])
+    if recipe == "sdft":
+        samples, cut = encode_text_template(tok, [build_prompt(e, "train", "sdft") for e in examples], targets, max_len)
+    else:
+        conversations = [predict_messages(e) + [{"role": "assistant", "content": t.response}]
+                         for e, t in zip(examples, targets)]
+        samples, cut = encode(tok, conversations, max_len, [t.source for t in targets])
     if cut["truncated"] or cut["dropped"]:
         print(f"{cut['truncated']} conversation(s) longer than {max_len} tokens were truncated; "
               f"{cut['dropped']} left without any target token were dropped")
@@ -193,3 +287,19 @@ def run_method(method: str, model, tok, examples: list[Example], run_dir, *, lor
     lora.apply_lora(model, lora_settings.r, lora_settings.alpha, lora_settings.dropout, targets=lora_settings.modules)
     train(model, samples, train_config, run, resume=True, progress=progress)
     return adapter
+
+
+def encode_text_template(tok, prompts, targets: list[Target], max_len: int) -> tuple[list[Sample], dict]:
+    """The SDFT recipe's training samples, as LLaMA-Factory's `encode_oneturn` builds them: the prompt's
+    pieces (BOS, system block, "[INST] {query} [/INST]") then tokenizer.encode(response) + EOS, each encoded on
+    its own; only the response and EOS are supervised. Longer than max_len: cut from the right (LLaMA-Factory
+    shares cutoff_len between prompt and response in proportion; no GSM8K item comes near 1024 tokens)."""
+    samples, truncated = [], 0
+    for prompt, t in zip(prompts, targets):
+        head, tail = prompt_ids(tok, prompt), tok.encode(t.response.strip()) + [tok.eos_id]
+        ids, mask = head + tail, [0] * len(head) + [1] * len(tail)
+        if len(ids) > max_len:
+            ids, mask, truncated = ids[:max_len], mask[:max_len], truncated + 1
+        samples.append(Sample(ids, mask, t.source))
+    return [s for s in samples if sum(s.mask[1:])], {"truncated": truncated,
+                                                     "dropped": sum(not sum(s.mask[1:]) for s in samples)}

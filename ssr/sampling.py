@@ -194,8 +194,12 @@ def prompt_ids(tok, prompt: tasks.Prompt) -> list[int]:
 
     A prefill is never encoded on its own and appended: SentencePiece puts a "▁" at the start of every
     separately encoded piece, and each template joins the assistant text differently, so the conversation
-    is rendered with the prefill as the assistant turn, cut right after it, and encoded once.
+    is rendered with the prefill as the assistant turn, cut right after it, and encoded once. The SDFT
+    recipe's text pieces are the exception, on purpose: the official code encodes them one by one after BOS.
     """
+    if prompt.pieces is not None:
+        bos = [] if tok.bos_id is None else [tok.bos_id]  # LLaMA-Factory: no BOS for tokenizers without one
+        return bos + [i for piece in prompt.pieces for i in tok.encode(piece)]
     if not prompt.prefix:
         return tok.apply_chat_template(prompt.messages, add_generation_prompt=True)
     text = tok.render_chat(prompt.messages + [{"role": "assistant", "content": prompt.prefix}])
@@ -203,13 +207,26 @@ def prompt_ids(tok, prompt: tasks.Prompt) -> list[int]:
     return tok.encode(text[:end])
 
 
+def prompt_text(tok, prompt: tasks.Prompt) -> str:
+    """The prompt as the text its ids were encoded from, special tokens written out (for reading records).
+    SDFT recipe pieces are joined here, but were encoded one by one (each with its leading "▁")."""
+    if prompt.pieces is not None:
+        bos = "" if tok.bos_id is None else tok.decode([tok.bos_id], skip_special_tokens=False)
+        return bos + "".join(prompt.pieces)
+    if not prompt.prefix:
+        return tok.render_chat(prompt.messages, add_generation_prompt=True)
+    text = tok.render_chat(prompt.messages + [{"role": "assistant", "content": prompt.prefix}])
+    return text[:text.rindex(prompt.prefix) + len(prompt.prefix)]
+
+
 def generate_records(model, tok, examples: list[tasks.Example], mode: str, out_path, *, batch_size: int = 16,
                      max_new_tokens: int = 512, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-                     seed: int | None = None, stop_strings=(), progress: bool = True) -> list[dict]:
+                     seed: int | None = None, stop_strings=(), progress: bool = True,
+                     recipe: str = "project") -> list[dict]:
     """Generate what `out_path` lacks for these examples in this mode; returns their records in example order.
 
-    One record per example: {"id", "mode", "messages", "output", "finish_reason", "prompt_tokens",
-    "output_tokens"}, plus "prefix" in rewrite mode (the prefill; "output" is only its continuation). Records
+    One record per example: {"id", "mode", "messages", "prompt_text" (the exact rendered prompt, special tokens
+    as text), "output", "finish_reason", "prompt_tokens", "output_tokens"}, plus "prefix" in rewrite mode (the prefill; "output" is only its continuation). Records
     land in order of generation and a file may hold several modes: read them back by (id, mode), never by line.
     Longest prompts first, so running out of memory happens at once, not hours in; each batch is appended as
     whole lines, so a killed run loses at most the batch in flight. The model is used as given: for the base
@@ -218,7 +235,7 @@ def generate_records(model, tok, examples: list[tasks.Example], mode: str, out_p
     if mode not in tasks.MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(tasks.MODES)}")
     done = {(r["id"], r.get("mode")) for r in read_records(out_path)}
-    prompts = [(ex, tasks.build_prompt(ex, mode)) for ex in examples if (ex.id, mode) not in done]
+    prompts = [(ex, tasks.build_prompt(ex, mode, recipe)) for ex in examples if (ex.id, mode) not in done]
     todo = sorted(((prompt_ids(tok, p), ex, p) for ex, p in prompts), key=lambda item: -len(item[0]))
 
     generator = None if seed is None else torch.Generator(model.lm_head.weight.device).manual_seed(seed)
@@ -243,6 +260,7 @@ def _record(tok, mode, ids, ex, prompt, completion, stop_strings) -> dict:
     output = cut_at(tok.decode(completion.tokens), stop_strings)
     if prompt.prefix:
         output = output.lstrip()  # the continuation of "...step by step." starts with a space or a newline
-    return {"id": ex.id, "mode": mode, "messages": prompt.messages, "output": output,
+    return {"id": ex.id, "mode": mode, "messages": prompt.messages, "prompt_text": prompt_text(tok, prompt),
+            "output": output,
             "finish_reason": completion.finish_reason, "prompt_tokens": len(ids),
             "output_tokens": len(completion.tokens), **({"prefix": prompt.prefix} if mode == "rewrite" else {})}

@@ -6,7 +6,10 @@ resumed and joined by id. GSM8K and NQ-open lines carry no id, so the id is the 
 file: never reorder or filter a task file in place between the steps of a run.
 
 Instructions go in the user turn, never in a system message: the original Mistral template has no
-system role. Chat records keep their own earlier turns and system message.
+system role. Chat records keep their own earlier turns and system message. The SDFT recipe is the one
+exception: its prompts are the official code's own text templates (`SDFT_TEMPLATES`), not chat turns.
+
+MBPP has official splits by task_id (`MBPP_SPLITS`); `load_task(..., split=)` selects one before `limit`.
 """
 from __future__ import annotations
 
@@ -17,6 +20,11 @@ from pathlib import Path
 from ssr.runfiles import read_records
 
 TASKS = ("gsm8k", "mbpp", "nq")
+
+# MBPP's official splits (Austin et al. 2021; google-research/mbpp/README.md): few-shot prompts, test,
+# validation, train. Training on "test" inflates every MBPP score, so train.py refuses it by name.
+MBPP_SPLITS = {"prompt": range(1, 11), "test": range(11, 511), "validation": range(511, 601),
+               "train": range(601, 975)}
 
 
 @dataclass
@@ -82,8 +90,10 @@ def to_example(row: dict, index: int, task: str, where: str = "record") -> Examp
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS + ('chat',)}")
 
 
-def load_task(path: str | Path, task: str | None = None, limit: int | None = None) -> list[Example]:
-    """Load a task file. `task` is detected from the first record when not given."""
+def load_task(path: str | Path, task: str | None = None, limit: int | None = None,
+              split: str | None = None) -> list[Example]:
+    """Load a task file. `task` is detected from the first record when not given. `split` (MBPP only)
+    keeps one of MBPP_SPLITS; `limit` then takes the first N of what is left."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"task file not found: {path}")
@@ -91,11 +101,32 @@ def load_task(path: str | Path, task: str | None = None, limit: int | None = Non
     if not rows:
         raise ValueError(f"{path}: no records")
     task = task or detect_task(rows[0])
-    rows = rows[:limit] if limit else rows
     examples = [to_example(r, i, task, where=f"{path}: record {i}") for i, r in enumerate(rows)]
     if len({e.id for e in examples}) != len(examples):
         raise ValueError(f"{path}: duplicate ids")
-    return examples
+    if split is not None:
+        if task != "mbpp":
+            raise ValueError(f"--split {split}: splits by task_id exist for MBPP only; {path} is {task!r} data")
+        if split not in MBPP_SPLITS:
+            raise ValueError(f"unknown MBPP split {split!r}; choose one of {', '.join(MBPP_SPLITS)}")
+        examples = [e for e in examples if int(e.id) in MBPP_SPLITS[split]]
+    return examples[:limit] if limit else examples
+
+
+def mbpp_split_of(example: Example) -> str | None:
+    """The official MBPP split an example's task_id belongs to (None for other tasks or ids past 974)."""
+    if example.task != "mbpp":
+        return None
+    return next((name for name, ids in MBPP_SPLITS.items() if int(example.id) in ids), None)
+
+
+def refuse_test_split(examples: list[Example], where: str) -> None:
+    """Training on MBPP's test split is refused by name: it would inflate every method's MBPP score."""
+    test = [e.id for e in examples if mbpp_split_of(e) == "test"]
+    if test:
+        raise ValueError(f"{where}: {len(test)} example(s) are in MBPP's test split (task_ids 11-510, e.g. "
+                         f"{', '.join(test[:3])}); train with --split train (601-974) or --split validation "
+                         "(511-600), or pass --allow-test-split to train on the test split anyway")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -134,11 +165,11 @@ PARAPHRASE = {
             "Reply with the rewritten response only.",
 }
 
-# rewrite (SDFT): the distillation templates of SDFT's code (sail-sg/sdft, template.py): `gsm8k_distill`
-# for GSM8K, with the assistant turn pre-filled "Great! Let's think step by step."; `alpaca_distill_refer`
-# for the other tasks, as the code does for its other data sets. The template's system prompt opens the
-# user turn; {prompt} is the predict prompt's user text (SDFT shows the very query it trains on), {gold}
-# the gold answer. The output is the continuation of the prefill; the prefill is not part of the target.
+# rewrite (SDFT, project recipe): the wording of SDFT's distillation templates (sail-sg/sdft, template.py:
+# `gsm8k_distill` for GSM8K, `alpaca_distill_refer` for its other data sets) put into the model's own chat
+# template: the system text opens the user turn, {prompt} is the predict prompt's user text (the query this
+# recipe trains on), {gold} the gold answer. Not the official rendering: `--recipe sdft` (SDFT_TEMPLATES
+# below) is. The output is the continuation of the prefill; the prefill is not part of the target.
 REWRITE = {
     "gsm8k": "You are an expert in math. Below are a math question and its reference answer. Refer to the "
              "reference answer and write a response that appropriately answers the question.\n\n{prompt}\n\n{gold}",
@@ -149,14 +180,60 @@ REWRITE = {
 REWRITE_PREFIX = {"gsm8k": "Great! Let's think step by step."}  # other tasks: no prefill
 
 
+# The SDFT recipe's prompts: LLaMA-Factory text templates of the official code (sail-sg/sdft, branch
+# `reproduce`, src/llmtuner/data/template.py: `gsm8k` for training, `gsm8k_infer` for evaluation,
+# `gsm8k_distill` for the rewrites), as (system, prompt). They are not the model's chat template: the
+# <<SYS>> block comes before [INST], and Template._encode encodes [BOS], the prefix with the system text
+# and the prompt each on its own (tokenizer.encode(piece, add_special_tokens=False)), so each piece gets
+# SentencePiece's leading "▁". {query} is the raw question, {resp} the gold answer, both stripped; the
+# distill prompt ends in " Great! Let's think step by step. ", its trailing space included.
+SDFT_SYSTEM_BLOCK = "<<SYS>>\n{system}\n<</SYS>>\n\n"
+SDFT_TEMPLATES = {
+    "gsm8k": ("You are an expert in math. Below is a math question. "
+              "Write a response that appropriately answers the question.",
+              "[INST] {query} [/INST]"),
+    "gsm8k_infer": ("You are an expert in math. Below is a math question. "
+                    "Write a response that appropriately answers the question. "
+                    "Your final answer should be an integer at the end of your response, formatted as: "
+                    "The answer is {answer}.",
+                    "[INST] {query} [/INST]"),
+    "gsm8k_distill": ("You are an expert in math. Below are a math question and its reference answer. "
+                      "Refer to the reference answer and write a response that appropriately answers the question.",
+                      "[INST] {query}\n\n{resp} [/INST] Great! Let's think step by step. "),
+}
+SDFT_MODE_TEMPLATE = {"train": "gsm8k", "predict": "gsm8k_infer", "rewrite": "gsm8k_distill"}
+RECIPES = ("project", "sdft")
+
+
 @dataclass
 class Prompt:
-    messages: list[dict]  # the conversation up to the assistant turn
+    messages: list[dict]  # the conversation up to the assistant turn (for reading, when `pieces` is set)
     prefix: str = ""  # the assistant turn's forced start (SDFT rewrite); the output continues it
+    pieces: list[str] | None = None  # SDFT recipe: text pieces encoded one by one after BOS, no chat template
 
 
-def build_prompt(example: Example, mode: str) -> Prompt:
-    """The prompt of one example in one mode."""
+def sdft_prompt(example: Example, template: str) -> Prompt:
+    """One of SDFT_TEMPLATES filled in, LLaMA-Factory's way (str.replace, not format: the system text of
+    gsm8k_infer contains a literal "{answer}")."""
+    if example.task != "gsm8k":
+        raise ValueError(f"the SDFT recipe's templates are for GSM8K; example {example.id} is {example.task!r} "
+                         "(use --recipe project)")
+    system, prompt = SDFT_TEMPLATES[template]
+    pieces = [SDFT_SYSTEM_BLOCK.replace("{system}", system),
+              prompt.replace("{query}", example.question.strip()).replace("{resp}", gold_response(example).strip())]
+    return Prompt([{"role": "system", "content": system}, {"role": "user", "content": pieces[1]}], pieces=pieces)
+
+
+def build_prompt(example: Example, mode: str, recipe: str = "project") -> Prompt:
+    """The prompt of one example in one mode ("train" too, for the SDFT recipe's training prompt)."""
+    if recipe == "sdft":
+        if mode not in SDFT_MODE_TEMPLATE:
+            raise ValueError(f"the SDFT recipe has no {mode!r} prompt; it has {', '.join(SDFT_MODE_TEMPLATE)}")
+        return sdft_prompt(example, SDFT_MODE_TEMPLATE[mode])
+    if recipe != "project":
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    if mode == "train":
+        mode = "predict"
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     asked = predict_messages(example)
@@ -164,7 +241,7 @@ def build_prompt(example: Example, mode: str) -> Prompt:
         return Prompt(asked)
     task = example.task
     fields = dict(question=example.question.strip(), tests="\n".join(example.tests), prompt=asked[-1]["content"],
-                  gold=clean_gold(example))
+                  gold=gold_response(example) if task == "gsm8k" else clean_gold(example))
     if mode == "paraphrase":
         return Prompt(asked[:-1] + [{"role": "user", "content": PARAPHRASE[task].format(**fields)}])
     text = REWRITE.get(task, REWRITE["other"]).format(**fields)
@@ -190,7 +267,14 @@ def clean_gold(example: Example) -> str:
 
 def gold_response(example: Example) -> str:
     """The gold answer as a training target (SFT, and every method's fallback), in the predict prompt's form:
-    GSM8K's worked solution ending in "#### N", MBPP's code in a ```python block, NQ's first alias."""
+    GSM8K's worked solution, calculator notes removed, its "#### N" turned into the final line "The answer
+    is N." that the prompt asks for; MBPP's code in a ```python block; NQ's first alias.
+
+    The GSM8K form is SDFT's own data (sail-sg/sdft, data/gsm8k/gsm8k_{train,test}.json): this function
+    gives exactly its answer for all 7473 train and 1319 test items (checked against those files)."""
     if example.task == "mbpp":
         return f"```python\n{clean_gold(example)}\n```"
+    if example.task == "gsm8k" and "####" in example.gold:
+        work, _, answer = clean_gold(example).rpartition("####")
+        return f"{work.strip()}\nThe answer is {answer.strip()}."
     return clean_gold(example)

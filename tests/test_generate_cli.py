@@ -19,7 +19,7 @@ from ssr.sampling import generate_records, prompt_ids
 from ssr.tasks import load_task
 
 TASK_FILES = {"gsm8k": "data/gsm8k/train.jsonl", "mbpp": "data/mbpp/mbpp.jsonl", "nq": "data/nq_open/NQ-open.dev.jsonl"}
-KEYS = {"id", "mode", "messages", "output", "finish_reason", "prompt_tokens", "output_tokens"}
+KEYS = {"prompt_text", "id", "mode", "messages", "output", "finish_reason", "prompt_tokens", "output_tokens"}
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,7 @@ def test_records_of_every_mode(shared, stories, tmp_path, task, capsys):
         assert set(r) == KEYS | ({"prefix"} if r["mode"] == "rewrite" else set())
         assert r["messages"] == prompt.messages and r.get("prefix", "") == prompt.prefix
         assert r["prompt_tokens"] == len(prompt_ids(tok, prompt))
+        assert tok.encode(r["prompt_text"]) == prompt_ids(tok, prompt)  # the exact text the prompt's ids encode
         assert r["finish_reason"] in ("stop", "length") and 0 <= r["output_tokens"] <= 6
         assert isinstance(r["output"], str)
     rewrites = [r for r in records if r["mode"] == "rewrite"]

@@ -43,11 +43,12 @@ def test_method_end_to_end_and_rerun_reuses_every_step(method, qwen_dir, gsm8k_f
     assert [t["id"] for t in targets] == [str(i) for i in range(6)]
     assert all(t["source"] in SOURCES and t["response"] and t["messages"][-1]["role"] == "user" for t in targets)
     if method == "sft":
-        assert {t["source"] for t in targets} == {"gold"} and "#### 72" in targets[0]["response"]
+        assert {t["source"] for t in targets} == {"gold"} and targets[0]["response"].endswith("\nThe answer is 72.")
     generated = {"sft": [], "ssr": ["predict"], "s3ft": ["predict", "paraphrase"], "sdft": ["rewrite"]}[method]
     for mode in generated:  # the base model's generations and their verdicts, kept in the run folder
         assert len((out / f"{mode}.jsonl").read_text().splitlines()) == 6
-        assert len((out / f"{mode}.verdicts.jsonl").read_text().splitlines()) == 6
+        if method != "sdft":  # SDFT's recipe (the default on GSM8K) filters its rewrites without a judge
+            assert len((out / f"{mode}.verdicts.jsonl").read_text().splitlines()) == 6
     config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["r"] == 4
     with safe_open(out / "adapter" / "adapter_model.safetensors", framework="pt") as f:
