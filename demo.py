@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ssr
-from ssr import evaluation, lora
+from ssr import evaluation, lora, trainer
 from ssr.evaluation import drop_table, run_benchmarks
 from ssr.methods import run_method
 from ssr.runfiles import check_settings, read_records, write_records
@@ -156,7 +156,8 @@ def run(out: Path, size: DemoSize, data_dir: Path | None = None, progress: bool 
     for method in ("sft", "ssr"):
         print(f"== {method}", flush=True)
         run_dir = out / method
-        check_settings(run_dir / "run.json", {"method": method, **settings}, str(run_dir))
+        check_settings(run_dir / "run.json", {"method": method, "loss": trainer.loss_identity(), **settings},
+                       str(run_dir))
         cfg = TrainConfig(epochs=size.epochs, lr=LR, warmup=0.1, micro_batch=4, grad_accum=2, save_every=20,
                           seed=0)
         adapter = run_method(method, ssr.load_model(ssr.DEFAULT_MODEL), tok, train_examples, run_dir,

@@ -1,6 +1,6 @@
 """Fine-tune with LoRA on targets chosen by one of four methods: sft, ssr, s3ft, sdft.
 
-    python train.py                     # the CPU demo: SFT vs SSR on SmolLM2-135M-Instruct (ssr/demo.py)
+    python train.py                     # the CPU demo: SFT vs SSR on SmolLM2-135M-Instruct (demo.py)
     python train.py --method ssr --task gsm8k --data ../shared/data/gsm8k/train.jsonl \\
         --model smollm2-135m-instruct --out runs/gsm8k-ssr --limit 200
 
@@ -29,7 +29,7 @@ import torch
 
 import ssr
 import demo
-from ssr import lora, methods
+from ssr import lora, methods, trainer
 from ssr.checkpoint import device_and_dtype
 from ssr.methods import run_method
 from ssr.runfiles import check_settings
@@ -127,14 +127,15 @@ def main(argv=None) -> int:
 
     try:
         out = Path(args.out)
-        # What decides the targets must not change within a run folder (the trainer checks its own settings).
+        # What decides the targets and the training must not change within a run folder.
         check_settings(out / "run.json", {"method": args.method, "model": str(args.model),
                                           "data": str(Path(args.data).resolve()), "limit": args.limit,
                                           "split": args.split, "recipe": recipe,
                                           "sampling": {"do_sample": args.temperature > 0, **sampling,
                                                        "max_new_tokens": args.max_new_tokens},
                                           "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings),
-                                          "max_len": args.max_len, "quality_rule": not args.keep_answer_only and recipe == "project",
+                                          "max_len": args.max_len, "loss": trainer.loss_identity(),
+                                          "quality_rule": not args.keep_answer_only and recipe == "project",
                                           "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}},
                        str(out))
         tok = ssr.load_tokenizer(args.model)

@@ -16,6 +16,7 @@ Outputs under out_dir: metrics.jsonl (one line a step), checkpoint/ (the latest)
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import random
@@ -178,6 +179,16 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def loss_identity() -> str:
+    """Which loss trains: its name and a hash of its source. Run folders record it, so that a rerun with
+    another (or an edited) loss is refused rather than mixed into the same adapter."""
+    try:
+        source = inspect.getsource(loss)
+    except (OSError, TypeError):  # defined where no source is kept (an interactive session)
+        source = ""
+    return f"{loss.__module__}.{loss.__qualname__} {hashlib.sha256(source.encode()).hexdigest()[:12]}"
+
+
 def train_step(model, opt, batches: list[Batch], lr: float, max_grad_norm: float, amp=nullcontext()) -> dict:
     """One optimizer step over micro-batches; raises FloatingPointError before applying a step whose loss or
     gradient is not finite."""
@@ -219,7 +230,7 @@ def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool 
     if ckpt is not None and not resume:
         raise FileExistsError(f"{out_dir} already holds a run (checkpoint at {ckpt}): continue it "
                               "(resume=True; rerunning train.py does), or choose another output folder")
-    check_settings(out_dir / "train.json", {**asdict(cfg), "data_fingerprint": fingerprint},
+    check_settings(out_dir / "train.json", {**asdict(cfg), "loss": loss_identity(), "data_fingerprint": fingerprint},
                    f"training run {out_dir}", may_change=RESUMABLE_CHANGES)
     start = saved_at = 0  # saved_at: the step of the last checkpoint written, 0 if none
     if ckpt is not None:

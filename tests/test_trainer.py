@@ -171,3 +171,18 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path, capsys):
     assert steps == list(range(1, 10))  # step 5 logged once, not twice
     config = json.loads((tmp_path / "straight" / "adapter" / "adapter_config.json").read_text())
     assert config["target_modules"] == ["q_proj", "v_proj", "down_proj"] and config["r"] == 8
+
+
+def test_a_run_refuses_to_continue_with_another_loss(tiny, tmp_path, monkeypatch):
+    cfg = TrainConfig(epochs=1, micro_batch=4, grad_accum=1, save_every=1)
+    train(lora.apply_lora(ssr.load_model(tiny), r=4), memorise_samples(), cfg, tmp_path, progress=False)
+    default = trainer.loss
+
+    def halved(model, batch, n_tokens):
+        return 0.5 * default(model, batch, n_tokens)
+
+    monkeypatch.setattr(trainer, "loss", halved)
+    assert trainer.loss_identity() != json.loads((tmp_path / "train.json").read_text())["loss"]
+    with pytest.raises(ValueError, match=r"other settings \(loss: 'ssr.trainer.loss"):
+        train(lora.apply_lora(ssr.load_model(tiny), r=4), memorise_samples(), cfg, tmp_path, resume=True,
+              progress=False)
