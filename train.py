@@ -23,55 +23,71 @@ import torch
 
 import ssr
 import demo
-from ssr import lora, methods
+from ssr import cli, lora, methods
 from ssr.checkpoint import device_and_dtype
 from ssr.methods import run_method
-from ssr.runfiles import check_settings
+from ssr.runfiles import check_settings, hold_lock
+from ssr.sampling import check_prompts
 from ssr.tasks import TASKS, load_task
+from ssr.tokenizer import TEMPLATES
 from ssr.trainer import RESUMABLE_CHANGES, TrainConfig
+
+# the generations each method asks the base model for (ssr/methods.py); their prompts must fit its context
+MODES = {"sft": (), "ssr": ("predict",), "s3ft": ("predict", "paraphrase"), "sdft": ("rewrite",)}
+
+
+def lora_module_list(text: str) -> tuple[str, ...]:
+    modules = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [m for m in modules if m not in lora.MODULES]
+    if unknown or not modules:
+        raise argparse.ArgumentTypeError(f"unknown module(s) {', '.join(unknown) or '(none given)'}; choose from "
+                                         f"{','.join(lora.MODULES)}")
+    return modules
 
 
 def parse_args(argv):
     d, ld = TrainConfig(), lora.LoraSettings()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo", action="store_true", help="run the CPU demo (the default with no arguments); "
                                                        "see python demo.py -h for its options")
     p.add_argument("--method", choices=methods.METHODS, default="sft", help="how the targets are chosen")
     p.add_argument("--task", choices=(*TASKS, "chat"), help="the data's format (default: detected)")
     p.add_argument("--data", help="a GSM8K, MBPP or NQ-open JSONL file, or chat records (sft only)")
-    p.add_argument("--limit", type=int, help="train on the first N examples")
+    p.add_argument("--limit", type=cli.positive_int, help="train on the first N examples")
     p.add_argument("--model", default=ssr.DEFAULT_MODEL, help="HF checkpoint folder, or the built-in default")
     p.add_argument("--out", help="run folder: generations, verdicts, targets, checkpoints, adapter")
+    p.add_argument("--chat-template", choices=TEMPLATES, help="override the template detected from the tokenizer")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (what rerunning the same "
                                                          "command does anyway: every step resumes)")
     g = p.add_argument_group("target generation (ssr, s3ft, sdft)")
-    g.add_argument("--max-new-tokens", type=int, default=512, help="longer generations are never targets")
-    g.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
-    g.add_argument("--workers", type=int, help="MBPP programs judged in parallel (default: twice the cores)")
+    g.add_argument("--max-new-tokens", type=cli.positive_int, default=512, help="longer generations are never targets")
+    g.add_argument("--batch-size", type=cli.positive_int, default=16, help="prompts generated together")
+    g.add_argument("--workers", type=cli.positive_int, help="MBPP programs judged in parallel (default: twice the cores)")
     g.add_argument("--keep-answer-only", action="store_true",
                    help="switch off the target quality rule (judges.unfit_target): accept a correct answer even "
                         "when it has no worked step")
     g = p.add_argument_group("LoRA")
-    g.add_argument("--lora-r", type=int, default=ld.r)
-    g.add_argument("--lora-alpha", type=float, default=ld.alpha)
-    g.add_argument("--lora-dropout", type=float, default=ld.dropout)
-    g.add_argument("--lora-modules", "--targets", dest="lora_modules", default=",".join(ld.modules),
+    g.add_argument("--lora-r", type=cli.positive_int, default=ld.r)
+    g.add_argument("--lora-alpha", type=cli.positive_float, default=ld.alpha)
+    g.add_argument("--lora-dropout", type=cli.fraction, default=ld.dropout)
+    g.add_argument("--lora-modules", "--targets", dest="lora_modules", type=lora_module_list,
+                   default=ld.modules,
                    help=f"the projections LoRA wraps, comma-separated, from {','.join(lora.MODULES)}")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--warmup", type=float, default=d.warmup, help="fraction of the steps spent in linear warmup")
-    g.add_argument("--min-lr-ratio", type=float, default=d.min_lr_ratio, help="the cosine ends at lr * this")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="0 disables clipping")
-    g.add_argument("--micro-batch", type=int, default=d.micro_batch, help="sequences per micro-batch, at most")
-    g.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="padded tokens per micro-batch, at most")
-    g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer step")
-    g.add_argument("--max-len", type=int, default=2048, help="longer conversations are truncated")
+    g.add_argument("--epochs", type=cli.positive_int, default=d.epochs)
+    g.add_argument("--lr", type=cli.positive_float, default=d.lr)
+    g.add_argument("--warmup", type=cli.fraction, default=d.warmup, help="fraction of the steps spent in linear warmup")
+    g.add_argument("--min-lr-ratio", type=cli.float_in(0, 1), default=d.min_lr_ratio, help="the cosine ends at lr * this")
+    g.add_argument("--weight-decay", type=cli.nonnegative_float, default=d.weight_decay)
+    g.add_argument("--max-grad-norm", type=cli.nonnegative_float, default=d.max_grad_norm, help="0 disables clipping")
+    g.add_argument("--micro-batch", type=cli.positive_int, default=d.micro_batch, help="sequences per micro-batch, at most")
+    g.add_argument("--batch-tokens", type=cli.positive_int, default=d.batch_tokens, help="padded tokens per micro-batch, at most")
+    g.add_argument("--grad-accum", type=cli.positive_int, default=d.grad_accum, help="micro-batches per optimizer step")
+    g.add_argument("--max-len", type=cli.int_at_least(2), default=2048, help="longer conversations are truncated")
     g.add_argument("--seed", type=int, default=d.seed)
     g = p.add_argument_group("runtime")
-    g.add_argument("--save-every", type=int, default=d.save_every, help="steps between checkpoints; 0: at the end")
+    g.add_argument("--save-every", type=cli.nonnegative_int, default=d.save_every, help="steps between checkpoints; 0: at the end")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="base weights; auto: bfloat16 on CUDA, float32 on CPU (LoRA weights are always float32)")
@@ -82,8 +98,7 @@ def parse_args(argv):
     return p, p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def run(argv: list[str]) -> int:
     if not argv or argv[0] == "--demo":
         return demo.main(argv[1:])
     parser, args = parse_args(argv)
@@ -92,37 +107,54 @@ def main(argv=None) -> int:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                          if f.name not in ("checkpointing", "bf16")},
                       checkpointing=args.gradient_checkpointing, bf16=not args.no_bf16_autocast)
-    lora_settings = lora.LoraSettings(args.lora_r, args.lora_alpha, args.lora_dropout,
-                                      tuple(t.strip() for t in args.lora_modules.split(",") if t.strip()))
+    lora_settings = lora.LoraSettings(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_modules)
     device, dtype = device_and_dtype(args.device, args.dtype)
 
-    try:
-        examples = load_task(args.data, args.task, args.limit)
-        out = Path(args.out)
-        # What decides the targets must not change within a run folder (the trainer checks its own settings).
+    # every input is read and checked before anything is written
+    examples = load_task(args.data, args.task, args.limit)
+    if args.method != "sft" and examples[0].task not in TASKS:
+        raise ValueError(f"--method {args.method} needs a judge, which exists for tasks {', '.join(TASKS)}; "
+                         f"--data {args.data} holds {examples[0].task!r} records (use --method sft)")
+    tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
+    cli.require_chat_template(tok, args.model)
+    model = ssr.load_model(args.model, dtype=dtype, device=device)
+    for mode in MODES[args.method]:
+        check_prompts(model, tok, examples, mode, args.max_new_tokens)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; give a run folder")
+
+    with hold_lock(out):
+        # What decides the targets must not change within a run folder, finished or not (the trainer checks
+        # its own settings too).
         check_settings(out / "run.json", {"method": args.method, "model": str(args.model),
                                           "data": str(Path(args.data).resolve()), "limit": args.limit,
+                                          "chat_template": args.chat_template,
                                           "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings),
                                           "max_len": args.max_len, "quality_rule": not args.keep_answer_only,
                                           "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}},
                        str(out))
-        tok = ssr.load_tokenizer(args.model)
-        model = ssr.load_model(args.model, dtype=dtype, device=device)
-        adapter = run_method(args.method, model, tok, examples, out, lora_settings=lora_settings, train_config=cfg,
-                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_len=args.max_len,
-                             workers=args.workers, quality=not args.keep_answer_only)
-    except (FloatingPointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"adapter: {adapter}")
-    if args.save_merged:
-        if not lora.lora_modules(model):  # the run had finished before: put its adapter on the fresh model
-            lora.load_adapter(model, adapter)
-        hf = model.hf_config
-        lora.merge_lora(model)
-        ssr.save_model(model, out / "merged", dtype=getattr(torch, hf.get("torch_dtype") or hf.get("dtype") or "float32"))
-        print(f"merged checkpoint: {out / 'merged'}")
+        try:
+            adapter = run_method(args.method, model, tok, examples, out, lora_settings=lora_settings,
+                                 train_config=cfg, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                 max_len=args.max_len, workers=args.workers, quality=not args.keep_answer_only)
+        except KeyboardInterrupt:
+            raise cli.Interrupted(f"the generations, verdicts and last checkpoint so far are kept in {out}; rerun "
+                                  "the same command to continue") from None
+        print(f"adapter: {adapter}")
+        if args.save_merged:
+            if not lora.lora_modules(model):  # the run had finished before: put its adapter on the fresh model
+                lora.load_adapter(model, adapter)
+            hf = model.hf_config
+            lora.merge_lora(model)
+            ssr.save_model(model, out / "merged",
+                           dtype=getattr(torch, hf.get("torch_dtype") or hf.get("dtype") or "float32"))
+            print(f"merged checkpoint: {out / 'merged'}")
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":
