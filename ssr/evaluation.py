@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ssr import judges
 from ssr.runfiles import check_settings, read_records, write_atomic
 from ssr.sampling import generate_records
-from ssr.tasks import load_task
+from ssr.tasks import TASKS, load_task
 
 # ---------------------------------------------------------------------------------------------------------
 # retention benchmarks: the official files -> multiple-choice questions
@@ -268,8 +268,9 @@ MBPP_TEST_IDS = range(11, 511)  # the MBPP paper's test split: task_ids 11-510
 
 
 def target_examples(task: str, path, limit: int | None = None) -> list:
-    """A target task's evaluation examples: GSM8K test, MBPP 11-510, NQ-open dev (or any task file)."""
-    examples = load_task(path)
+    """A target task's evaluation examples: GSM8K test, MBPP 11-510, NQ-open dev (or any task file). A task
+    named gsm8k, mbpp or nq must hold records of that format (nq=FILE on GSM8K records is an error)."""
+    examples = load_task(path, task if task in TASKS else None)
     if examples[0].task == "mbpp" and task == "mbpp":
         examples = [e for e in examples if int(e.id) in MBPP_TEST_IDS]
     return subsample(examples, limit)
