@@ -8,7 +8,8 @@ gold answer in its own words, S3FT), rewrite (SDFT's distillation prompt). Greed
 Each record: {"id", "mode", "messages", "output", "finish_reason": "stop"|"length", "prompt_tokens",
 "output_tokens"} (+ "prefix" in rewrite mode). Resumable: a rerun skips the (id, mode) pairs already in
 --out; a killed run loses at most the batch in flight. The settings that shape the outputs are kept beside
---out (NAME.settings.json), and a rerun with others is refused.
+--out (NAME.settings.json), and a rerun with others is refused; a second copy on the same --out is refused
+while the first holds NAME.lock. Inputs and flags are checked before anything is written (ssr/cli.py).
 """
 from __future__ import annotations
 

@@ -5,7 +5,8 @@
 Reads generate.py's records ({"id", "mode", "output", ...}), joins them with the task file by id, and appends one
 verdict per record to --out: {"id", "mode", "task", "correct", "kind", "reason"}. Resumable: a rerun skips the
 (id, mode) pairs already in --out, so a killed run picks up where it stopped; a rerun with another task file,
-predictions file, --nq-mode or --timeout is refused (NAME.settings.json beside --out keeps them). Prints
+predictions file, --nq-mode or --timeout is refused (NAME.settings.json beside --out keeps them), and so is a
+second copy on the same --out (NAME.lock). Prints
 accuracy per mode and the verdicts counted by kind ("match", "mismatch", "AssertionError", "timeout", ...).
 """
 from __future__ import annotations
