@@ -24,9 +24,12 @@ import sys
 from pathlib import Path
 
 import ssr
-from ssr import evaluation, judges, lora
-from ssr.checkpoint import device_and_dtype
+from ssr import cli, evaluation, judges, lora
+from ssr.checkpoint import device_and_dtype, read_json
+from ssr.runfiles import hold_lock
+from ssr.sampling import check_prompts
 from ssr.tasks import MBPP_SPLITS
+from ssr.tokenizer import TEMPLATES
 from ssr.evaluation import PRIMARY, TARGET_FILES, drop_table, markdown_table, primary_score, run_benchmarks, \
     target_examples
 
@@ -40,12 +43,12 @@ def parse_tasks(spec: str, data_dir: Path | None) -> dict[str, tuple[str, Path |
             tasks[name] = ("target", Path(file))
         elif name in TARGET_FILES or name in evaluation.LOADERS:
             if data_dir is None:
-                raise SystemExit(f"error: --data-dir is needed to find {name!r}")
+                raise ValueError(f"--tasks {name}: --data-dir is needed to find it")
             kind = "target" if name in TARGET_FILES else "mc"
             tasks[name] = (kind, data_dir / TARGET_FILES[name] if kind == "target" else None)
         else:
-            raise SystemExit(f"error: unknown task {name!r}; choose from {', '.join([*TARGET_FILES, *evaluation.LOADERS])}"
-                             ", or give NAME=FILE for a task file")
+            raise ValueError(f"--tasks: unknown task {name!r}; choose from "
+                             f"{', '.join([*TARGET_FILES, *evaluation.LOADERS])}, or give NAME=FILE for a task file")
     return tasks
 
 
@@ -60,16 +63,23 @@ def compare(files: list[str], exclude: set[str]) -> str:
     """The drop table of result files (ssr.evaluation.drop_table), the first file being the base."""
     runs, limits = {}, {}
     for f in files:
-        data = json.loads(Path(f).read_text())
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"--compare {f}: no such file")
+        data = read_json(Path(f), "results file")
+        if not isinstance(data.get("results"), dict) or not isinstance(data.get("settings", {}), dict):
+            raise ValueError(f"--compare {f}: not an evaluate.py results file (no 'results' object)")
+        if Path(f).stem in runs:
+            raise ValueError(f"--compare {f}: another file is also named {Path(f).stem!r}; the table labels runs "
+                             "by file name")
         runs[Path(f).stem], limits[f] = data["results"], data.get("settings", {}).get("limit")
     if len(set(map(str, limits.values()))) > 1:
         shown = ", ".join(f"{f}: {limit}" for f, limit in limits.items())
-        raise SystemExit(f"error: the result files were scored with different --limit ({shown}), so over "
+        raise ValueError(f"--compare: the result files were scored with different --limit ({shown}), so over "
                          "different items; score them with the same --limit")
     names = {n for results in runs.values() for n in results}
     unknown = sorted(exclude - names)
     if unknown:
-        raise SystemExit(f"error: --exclude names {', '.join(unknown)}, which no result file holds "
+        raise ValueError(f"--exclude names {', '.join(unknown)}, which no result file holds "
                          f"(they hold {', '.join(sorted(names))})")
     missing = [f"{name} (not in {label})" for name in sorted(names) for label, results in runs.items()
                if name not in results]
@@ -79,57 +89,89 @@ def compare(files: list[str], exclude: set[str]) -> str:
     return drop_table(runs, exclude) + note
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+def parse_args(argv: list[str]):
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--compare", nargs="+", metavar="RESULT.json", help="print the drop table of result files "
                                                                       "(the first is the base)")
     p.add_argument("--exclude", default="", help="with --compare: benchmarks left out of the average drop "
                                                  "(e.g. the target task)")
     p.add_argument("--model", default=ssr.DEFAULT_MODEL, help="HF checkpoint folder, or the built-in default")
     p.add_argument("--adapter", help="a LoRA adapter folder (PEFT format) to apply")
+    p.add_argument("--chat-template", choices=TEMPLATES, help="override the template detected from the tokenizer "
+                                                              "(target tasks prompt through it)")
     p.add_argument("--tasks", default="gsm8k,mmlu,arc_easy,arc_challenge,truthfulqa_mc1,truthfulqa_mc2",
                    help="comma-separated: " + ", ".join([*TARGET_FILES, *evaluation.LOADERS]) + ", or NAME=FILE")
     p.add_argument("--data-dir", type=Path, help="folder with the official files (layout of ../shared/data)")
-    p.add_argument("--limit", type=int, help="at most this many questions per benchmark (a fixed-seed sample)")
+    p.add_argument("--limit", type=cli.positive_int,
+                   help="at most this many questions per benchmark (a fixed-seed sample)")
     p.add_argument("--split", choices=tuple(MBPP_SPLITS), default="test",
                    help="MBPP: the official split scored (default test, task_ids 11-510)")
     p.add_argument("--out", type=Path, help="results JSON (updated after each benchmark)")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
-    p.add_argument("--batch-tokens", type=int, default=8192, help="tokens per scoring forward pass")
-    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--batch-size", type=cli.positive_int, default=16, help="prompts generated together")
+    p.add_argument("--batch-tokens", type=cli.positive_int, default=8192, help="tokens per scoring forward pass")
+    p.add_argument("--max-new-tokens", type=cli.positive_int, default=512)
     p.add_argument("--nq-mode", choices=judges.NQ_MODES, default="contains")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto: bfloat16 on CUDA, float32 on CPU")
-    args = p.parse_args(argv)
+    return p, p.parse_args(argv)
 
+
+def run(argv: list[str]) -> int:
+    p, args = parse_args(argv)
     if args.compare:
         print(compare(args.compare, {t.strip() for t in args.exclude.split(",") if t.strip()}))
         return 0
     if args.out is None:
         p.error("--out is required (or --compare)")
+    if args.exclude:
+        p.error("--exclude goes with --compare")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise FileNotFoundError(f"--data-dir {args.data_dir}: no such folder")
+    if args.out.is_dir():
+        raise IsADirectoryError(f"--out {args.out} is a folder; give a results file name (results/base.json)")
+    # every input is read and checked before anything is written
     tasks = parse_tasks(args.tasks, args.data_dir)
+    if not tasks:
+        raise ValueError("--tasks names no benchmark")
     device, dtype = device_and_dtype(args.device, args.dtype)
     settings = {"model": str(args.model), "adapter": args.adapter, "limit": args.limit, "split": args.split,
                 "dtype": str(dtype),
                 "max_new_tokens": args.max_new_tokens, "nq_mode": args.nq_mode}
+    if args.chat_template:  # only when given, so that results files of earlier runs still match
+        settings["chat_template"] = args.chat_template
     items = {}
     for name, (kind, file) in tasks.items():
         items[name] = target_examples(name, file, args.limit, args.split) if kind == "target" \
             else evaluation.LOADERS[name](args.data_dir, args.limit)
+        if not items[name]:
+            raise ValueError(f"--tasks {name}: no items to score (e.g. an MBPP file without task_ids 11-510)")
     model = ssr.load_model(args.model, dtype=dtype, device=device)
     if args.adapter:
         lora.load_adapter(model, args.adapter)
-    tok = ssr.load_tokenizer(args.model)
-    try:
-        results = run_benchmarks(model, tok, items, args.out, settings, batch_size=args.batch_size,
-                                 max_new_tokens=args.max_new_tokens, batch_tokens=args.batch_tokens,
-                                 nq_mode=args.nq_mode)
-    except ValueError as e:
-        p.error(str(e))
+    tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
+    targets = [name for name, (kind, _) in tasks.items() if kind == "target"]
+    if targets:
+        cli.require_chat_template(tok, args.model)
+    for name in targets:
+        check_prompts(model, tok, items[name], "predict", args.max_new_tokens)
+
+    with hold_lock(args.out):
+        try:
+            results = run_benchmarks(model, tok, items, args.out, settings, batch_size=args.batch_size,
+                                     max_new_tokens=args.max_new_tokens, batch_tokens=args.batch_tokens,
+                                     nq_mode=args.nq_mode)
+        except KeyboardInterrupt:
+            done = json.loads(args.out.read_text())["results"] if args.out.is_file() else {}
+            raise cli.Interrupted(f"{len(done)} finished benchmark(s) kept in {args.out} (and the generations so "
+                                  "far beside it); rerun the same command to continue") from None
     print(results_table(results))
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ gold answer in its own words, S3FT), rewrite (SDFT's distillation prompt). Greed
 Each record: {"id", "mode", "messages", "prompt_text" (the exact rendered prompt), "output", "finish_reason": "stop"|"length", "prompt_tokens",
 "output_tokens"} (+ "prefix" in rewrite mode). Resumable: a rerun skips the (id, mode) pairs already in
 --out; a killed run loses at most the batch in flight. The settings that shape the outputs are kept beside
---out (NAME.settings.json), and a rerun with others is refused.
+--out (NAME.settings.json), and a rerun with others is refused; a second copy on the same --out is refused
+while the first holds NAME.lock. Inputs and flags are checked before anything is written (ssr/cli.py).
 """
 from __future__ import annotations
 
@@ -18,28 +19,31 @@ from collections import Counter
 from pathlib import Path
 
 import ssr
+from ssr import cli
 from ssr.checkpoint import device_and_dtype
-from ssr.runfiles import check_settings
-from ssr.sampling import generate_records
+from ssr.runfiles import check_settings, hold_lock, read_records
+from ssr.sampling import check_prompts, generate_records
 from ssr.tasks import MBPP_SPLITS, MODES, TASKS, load_task
 from ssr.tokenizer import TEMPLATES
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str]):
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=ssr.DEFAULT_MODEL, help="HF checkpoint folder, or the default model's name")
     p.add_argument("--task-file", required=True, help="GSM8K, MBPP or NQ-open JSONL, or chat records")
     p.add_argument("--task", choices=TASKS + ("chat",), help="its format (default: detected from the first record)")
     p.add_argument("--mode", choices=MODES, default="predict")
     p.add_argument("--out", required=True, help="output JSONL; appended to, and skipped on a rerun")
     p.add_argument("--adapter", help="a LoRA adapter folder (PEFT format) to generate with")
-    p.add_argument("--limit", type=int, help="only the first N examples of the task file (of --split, when given)")
+    p.add_argument("--limit", type=cli.positive_int, help="only the first N examples of the task file (of --split, "
+                                                          "when given)")
     p.add_argument("--split", choices=tuple(MBPP_SPLITS), help="MBPP: the official split by task_id")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=512)
-    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    p.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="sample from the smallest set with this probability")
+    p.add_argument("--batch-size", type=cli.positive_int, default=16)
+    p.add_argument("--max-new-tokens", type=cli.positive_int, default=512)
+    p.add_argument("--temperature", type=cli.nonnegative_float, default=0.0, help="0: greedy")
+    p.add_argument("--top-k", type=cli.nonnegative_int, default=0, help="sample from the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=cli.probability, default=1.0,
+                   help="sample from the smallest set with this probability, in (0, 1]")
     p.add_argument("--seed", type=int, help="makes sampling reproducible")
     p.add_argument("--stop", action="append", default=[], help="a stop string (repeatable); stop ids come from "
                                                                 "the tokenizer")
@@ -49,30 +53,51 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chat-template", choices=TEMPLATES, help="override the template detected from the tokenizer")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if "" in args.stop:
+        p.error("argument --stop: an empty stop string would stop every answer at once")
+    return args
 
+
+
+def run(argv: list[str]) -> int:
+    args = parse_args(argv)
+    # every input is read and checked before anything is written
     examples = load_task(args.task_file, args.task, args.limit, args.split)
     device, dtype = device_and_dtype(args.device, args.dtype)
-    try:  # what shapes the outputs must not change between the runs that append to --out
-        check_settings(Path(args.out).with_suffix(".settings.json"), {
-            "model": str(args.model), "adapter": args.adapter, "task_file": str(Path(args.task_file).resolve()),
-            "dtype": str(dtype), "chat_template": args.chat_template, "max_new_tokens": args.max_new_tokens,
-            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
-            "stop": args.stop}, args.out)
-    except ValueError as e:
-        p.error(str(e))
     model = ssr.load_model(args.model, dtype=dtype, device=device)
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
+    cli.require_chat_template(tok, args.model)
     if args.adapter:
         from ssr import lora
         lora.load_adapter(model, args.adapter)
+    check_prompts(model, tok, examples, args.mode, args.max_new_tokens)
+    out = Path(args.out)
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; give a JSONL file name")
 
-    records = generate_records(model, tok, examples, args.mode, args.out, batch_size=args.batch_size,
-                               max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                               top_p=args.top_p, seed=args.seed, stop_strings=args.stop, progress=not args.quiet)
+    with hold_lock(out):
+        # what shapes the outputs must not change between the runs that append to --out
+        check_settings(out.with_suffix(".settings.json"), {
+            "model": str(args.model), "adapter": args.adapter, "task_file": str(Path(args.task_file).resolve()),
+            "dtype": str(dtype), "chat_template": args.chat_template, "max_new_tokens": args.max_new_tokens,
+            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+            "stop": args.stop}, str(out))
+        try:
+            records = generate_records(model, tok, examples, args.mode, out, batch_size=args.batch_size,
+                                       max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                       top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop_strings=args.stop,
+                                       progress=not args.quiet)
+        except KeyboardInterrupt:
+            raise cli.Interrupted(f"{len(read_records(out))} records kept in {out}; rerun the same command to "
+                                  "continue") from None
     reasons = Counter(r["finish_reason"] for r in records)
     print(f"{len(records)} {args.mode} records in {args.out}: {reasons['stop']} stopped, "
           f"{reasons['length']} cut at --max-new-tokens", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

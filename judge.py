@@ -5,7 +5,8 @@
 Reads generate.py's records ({"id", "mode", "output", ...}), joins them with the task file by id, and appends one
 verdict per record to --out: {"id", "mode", "task", "correct", "kind", "reason"}. Resumable: a rerun skips the
 (id, mode) pairs already in --out, so a killed run picks up where it stopped; a rerun with another task file,
-predictions file, --nq-mode or --timeout is refused (NAME.settings.json beside --out keeps them). Prints
+predictions file, --nq-mode or --timeout is refused (NAME.settings.json beside --out keeps them), and so is a
+second copy on the same --out (NAME.lock). Prints
 accuracy per mode and the verdicts counted by kind ("match", "mismatch", "AssertionError", "timeout", ...).
 """
 from __future__ import annotations
@@ -15,8 +16,8 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from ssr import judges
-from ssr.runfiles import check_settings, read_records
+from ssr import cli, judges
+from ssr.runfiles import check_settings, hold_lock, numbered_records, read_records
 from ssr.tasks import TASKS, load_task
 
 
@@ -34,39 +35,74 @@ def summarize(verdicts: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str]):
+    parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task-file", required=True, help="the task file the predictions were generated from")
     parser.add_argument("--task", choices=TASKS, help="its format (default: detected from the first record)")
     parser.add_argument("--predictions", required=True, help="generate.py's output (JSONL)")
     parser.add_argument("--out", required=True, help="verdicts JSONL; appended to, and skipped on a rerun")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=cli.positive_int, default=None,
                         help="MBPP programs run in parallel (default: twice the CPU count)")
     parser.add_argument("--nq-mode", choices=judges.NQ_MODES, default="contains",
                         help="NQ: an alias contained in the answer (default), or SQuAD exact match")
-    parser.add_argument("--timeout", type=float, default=judges.DEFAULT_TIMEOUT, help="seconds per MBPP program")
-    args = parser.parse_args(argv)
+    parser.add_argument("--timeout", type=cli.positive_float, default=judges.DEFAULT_TIMEOUT,
+                        help="seconds per MBPP program")
+    return parser.parse_args(argv)
 
+
+def read_predictions(path: Path) -> list[dict]:
+    """generate.py's records, each checked for the fields judging reads."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--predictions {path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
+    records = numbered_records(path)
+    if not records:
+        raise ValueError(f"--predictions {path}: no records")
+    for line, r in records:
+        for key, kind, what in (("id", (str, int), "a string or an integer"), ("output", str, "a string")):
+            if not isinstance(r.get(key), kind) or isinstance(r.get(key), bool):
+                raise ValueError(f"{path}:{line}: field {key!r} must be {what} (a generate.py record), "
+                                 f"got {r.get(key)!r}")
+    return [r for _, r in records]
+
+
+def run(argv: list[str]) -> int:
+    args = parse_args(argv)
+    # every input is read and checked before anything is written
     examples = {ex.id: ex for ex in load_task(args.task_file, args.task)}
     task = next(iter(examples.values())).task
     if task not in TASKS:
-        parser.error(f"{args.task_file} holds {task!r} records; rule-based judges exist for {', '.join(TASKS)}")
-    try:  # verdicts of other predictions, or judged another way, must not be mixed into --out
-        check_settings(Path(args.out).with_suffix(".settings.json"), {
-            "task_file": str(Path(args.task_file).resolve()), "predictions": str(Path(args.predictions).resolve()),
-            "nq_mode": args.nq_mode, "timeout": args.timeout}, args.out)
-    except ValueError as e:
-        parser.error(str(e))
-    predictions = read_records(args.predictions)
+        raise ValueError(f"--task-file {args.task_file} holds {task!r} records; rule-based judges exist for "
+                         f"{', '.join(TASKS)}")
+    predictions = read_predictions(Path(args.predictions))
     known = [r for r in predictions if str(r["id"]) in examples]
+    if not known:
+        raise ValueError(f"--predictions {args.predictions}: none of its ids is in --task-file {args.task_file} "
+                         f"(e.g. {predictions[0]['id']!r}); were they generated from another file?")
     if len(known) < len(predictions):
         unknown = next(r["id"] for r in predictions if str(r["id"]) not in examples)
         print(f"warning: {len(predictions) - len(known)} predictions have ids not in {args.task_file} "
               f"(e.g. {unknown!r}); skipped", file=sys.stderr)
-    verdicts = judges.judge_records(examples, known, args.out, workers=args.workers, nq_mode=args.nq_mode,
-                                    timeout=args.timeout)
+    out = Path(args.out)
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; give a JSONL file name")
+
+    with hold_lock(out):
+        # verdicts of other predictions, or judged another way, must not be mixed into --out
+        check_settings(out.with_suffix(".settings.json"), {
+            "task_file": str(Path(args.task_file).resolve()), "predictions": str(Path(args.predictions).resolve()),
+            "nq_mode": args.nq_mode, "timeout": args.timeout}, str(out))
+        try:
+            verdicts = judges.judge_records(examples, known, out, workers=args.workers, nq_mode=args.nq_mode,
+                                            timeout=args.timeout)
+        except KeyboardInterrupt:
+            raise cli.Interrupted(f"{len(read_records(out))} verdicts kept in {out}; rerun the same command to "
+                                  "continue") from None
     print(summarize(verdicts))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

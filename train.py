@@ -1,6 +1,6 @@
 """Fine-tune with LoRA on targets chosen by one of four methods: sft, ssr, s3ft, sdft.
 
-    python train.py                     # the CPU demo: SFT vs SSR on SmolLM2-135M-Instruct (demo.py)
+    python train.py                     # the CPU demo: SFT vs SSR on SmolLM2-135M-Instruct (ssr/demo.py)
     python train.py --method ssr --task gsm8k --data ../shared/data/gsm8k/train.jsonl \\
         --model smollm2-135m-instruct --out runs/gsm8k-ssr --limit 200
 
@@ -29,23 +29,37 @@ import torch
 
 import ssr
 import demo
-from ssr import lora, methods, trainer
+from ssr import cli, lora, methods, trainer
 from ssr.checkpoint import device_and_dtype
 from ssr.methods import run_method
-from ssr.runfiles import check_settings
+from ssr.runfiles import check_settings, hold_lock
+from ssr.sampling import check_prompts
 from ssr.tasks import MBPP_SPLITS, RECIPES, TASKS, load_task, refuse_test_split
+from ssr.tokenizer import TEMPLATES
 from ssr.trainer import RESUMABLE_CHANGES, TrainConfig
+
+# the generations each method asks the base model for (ssr/methods.py); their prompts must fit its context
+MODES = {"sft": (), "ssr": ("predict",), "s3ft": ("predict", "paraphrase"), "sdft": ("rewrite",)}
+
+
+def lora_module_list(text: str) -> tuple[str, ...]:
+    modules = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [m for m in modules if m not in lora.MODULES]
+    if unknown or not modules:
+        raise argparse.ArgumentTypeError(f"unknown module(s) {', '.join(unknown) or '(none given)'}; choose from "
+                                         f"{','.join(lora.MODULES)}")
+    return modules
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo", action="store_true", help="run the CPU demo (the default with no arguments); "
                                                        "see python demo.py -h for its options")
     p.add_argument("--method", choices=methods.METHODS, default="sft", help="how the targets are chosen")
     p.add_argument("--task", choices=(*TASKS, "chat"), help="the data's format (default: detected)")
     p.add_argument("--data", help="a GSM8K, MBPP or NQ-open JSONL file, or chat records (sft only)")
-    p.add_argument("--limit", type=int, help="train on the first N examples (of --split, when given)")
+    p.add_argument("--limit", type=cli.positive_int, help="train on the first N examples (of --split, when given)")
     p.add_argument("--split", choices=tuple(MBPP_SPLITS), help="MBPP: the official split by task_id "
                    "(train 601-974, validation 511-600, test 11-510, prompt 1-10)")
     p.add_argument("--allow-test-split", action="store_true", help="train on MBPP test task_ids anyway "
@@ -54,39 +68,42 @@ def parse_args(argv):
                                                      "for --method sdft on GSM8K, else project)")
     p.add_argument("--model", default=ssr.DEFAULT_MODEL, help="HF checkpoint folder, or the built-in default")
     p.add_argument("--out", help="run folder: generations, verdicts, targets, checkpoints, adapter")
+    p.add_argument("--chat-template", choices=TEMPLATES, help="override the template detected from the tokenizer")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (what rerunning the same "
                                                          "command does anyway: every step resumes)")
     g = p.add_argument_group("target generation (ssr, s3ft, sdft)")
-    g.add_argument("--max-new-tokens", type=int, help="longer generations are never targets")
-    g.add_argument("--temperature", type=float, help="0: greedy (project); sdft: 0.95")
-    g.add_argument("--top-k", type=int, help="sample from the k most likely tokens (0: all)")
-    g.add_argument("--top-p", type=float, help="sample from the smallest set with this probability")
+    g.add_argument("--max-new-tokens", type=cli.positive_int, help="longer generations are never targets")
+    g.add_argument("--temperature", type=cli.nonnegative_float, help="0: greedy (project); sdft: 0.95")
+    g.add_argument("--top-k", type=cli.nonnegative_int, help="sample from the k most likely tokens (0: all)")
+    g.add_argument("--top-p", type=cli.probability, help="sample from the smallest set with this probability")
     g.add_argument("--sample-seed", type=int, help="seed of the target sampling (recorded in run.json)")
-    g.add_argument("--batch-size", type=int, default=16, help="prompts generated together")
-    g.add_argument("--workers", type=int, help="MBPP programs judged in parallel (default: twice the cores)")
+    g.add_argument("--batch-size", type=cli.positive_int, default=16, help="prompts generated together")
+    g.add_argument("--workers", type=cli.positive_int, help="MBPP programs judged in parallel (default: twice the cores)")
     g.add_argument("--keep-answer-only", action="store_true",
                    help="switch off the target quality rule (judges.unfit_target): accept a correct answer even "
                         "when it has no worked step")
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--lora-r", type=int)
-    g.add_argument("--lora-alpha", type=float)
-    g.add_argument("--lora-dropout", type=float)
-    g.add_argument("--lora-modules", "--targets", dest="lora_modules",
+    g = p.add_argument_group("LoRA (defaults: the recipe's)")
+    g.add_argument("--lora-r", type=cli.positive_int)
+    g.add_argument("--lora-alpha", type=cli.positive_float)
+    g.add_argument("--lora-dropout", type=cli.fraction)
+    g.add_argument("--lora-modules", "--targets", dest="lora_modules", type=lora_module_list,
                    help=f"the projections LoRA wraps, comma-separated, from {','.join(lora.MODULES)}")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--warmup", type=float, help="fraction of the steps spent in linear warmup")
-    g.add_argument("--min-lr-ratio", type=float, help="the cosine ends at lr * this")
-    g.add_argument("--weight-decay", type=float)
-    g.add_argument("--max-grad-norm", type=float, help="0 disables clipping")
-    g.add_argument("--micro-batch", type=int, help="sequences per micro-batch, at most")
-    g.add_argument("--batch-tokens", type=int, default=TrainConfig.batch_tokens, help="padded tokens per micro-batch, at most")
-    g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
-    g.add_argument("--max-len", type=int, help="longer conversations are truncated")
+    g = p.add_argument_group("optimisation (defaults: the recipe's)")
+    g.add_argument("--epochs", type=cli.positive_int)
+    g.add_argument("--lr", type=cli.positive_float)
+    g.add_argument("--warmup", type=cli.fraction, help="fraction of the steps spent in linear warmup")
+    g.add_argument("--min-lr-ratio", type=cli.float_in(0, 1), help="the cosine ends at lr * this")
+    g.add_argument("--weight-decay", type=cli.nonnegative_float)
+    g.add_argument("--max-grad-norm", type=cli.nonnegative_float, help="0 disables clipping")
+    g.add_argument("--micro-batch", type=cli.positive_int, help="sequences per micro-batch, at most")
+    g.add_argument("--batch-tokens", type=cli.positive_int, default=TrainConfig.batch_tokens,
+                   help="padded tokens per micro-batch, at most")
+    g.add_argument("--grad-accum", type=cli.positive_int, help="micro-batches per optimizer step")
+    g.add_argument("--max-len", type=cli.int_at_least(2), help="longer conversations are truncated")
     g.add_argument("--seed", type=int, help="training seed")
     g = p.add_argument_group("runtime")
-    g.add_argument("--save-every", type=int, default=TrainConfig.save_every, help="steps between checkpoints; 0: at the end")
+    g.add_argument("--save-every", type=cli.nonnegative_int, default=TrainConfig.save_every,
+                   help="steps between checkpoints; 0: at the end")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="base weights; auto: bfloat16 on CUDA, float32 on CPU (LoRA weights are always float32)")
@@ -97,65 +114,76 @@ def parse_args(argv):
     return p, p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def run(argv: list[str]) -> int:
     if not argv or argv[0] == "--demo":
         return demo.main(argv[1:])
     parser, args = parse_args(argv)
     if not args.data or not args.out:
         parser.error("--data and --out are required to train (or no arguments at all, for the demo)")
-    try:
-        examples = load_task(args.data, args.task, None, args.split)
-        if not args.allow_test_split:
-            refuse_test_split(examples, args.data)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+
+    # every input is read and checked before anything is written
+    examples = load_task(args.data, args.task, None, args.split)
+    if not args.allow_test_split:  # the whole file or split, not only its first --limit: ask for a split by name
+        refuse_test_split(examples, args.data)
     examples = examples[:args.limit] if args.limit else examples
+    if args.method != "sft" and examples[0].task not in TASKS:
+        raise ValueError(f"--method {args.method} needs a judge, which exists for tasks {', '.join(TASKS)}; "
+                         f"--data {args.data} holds {examples[0].task!r} records (use --method sft)")
     recipe = args.recipe or methods.default_recipe(args.method, examples[0].task)
     for name, value in methods.RECIPES[recipe].items():  # a flag left unset takes the recipe's value
         if getattr(args, name) is None:
-            setattr(args, name, value)
+            setattr(args, name, lora_module_list(value) if name == "lora_modules" else value)
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.sample_seed}
-    print(f"recipe {recipe}: targets {'sampled ' + str(sampling) if args.temperature else 'greedy'}")
+    quality = not args.keep_answer_only and recipe == "project"
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                          if f.name not in ("checkpointing", "bf16")},
                       checkpointing=args.gradient_checkpointing, bf16=not args.no_bf16_autocast)
-    lora_settings = lora.LoraSettings(args.lora_r, args.lora_alpha, args.lora_dropout,
-                                      tuple(t.strip() for t in args.lora_modules.split(",") if t.strip()))
+    lora_settings = lora.LoraSettings(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_modules)
     device, dtype = device_and_dtype(args.device, args.dtype)
+    tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
+    cli.require_chat_template(tok, args.model)
+    model = ssr.load_model(args.model, dtype=dtype, device=device)
+    for mode in MODES[args.method]:
+        check_prompts(model, tok, examples, mode, args.max_new_tokens, recipe)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; give a run folder")
+    print(f"recipe {recipe}: targets {'sampled ' + str(sampling) if args.temperature else 'greedy'}")
 
-    try:
-        out = Path(args.out)
-        # What decides the targets and the training must not change within a run folder.
+    with hold_lock(out):
+        # What decides the targets and the training must not change within a run folder, finished or not.
         check_settings(out / "run.json", {"method": args.method, "model": str(args.model),
                                           "data": str(Path(args.data).resolve()), "limit": args.limit,
-                                          "split": args.split, "recipe": recipe,
+                                          "split": args.split, "recipe": recipe, "chat_template": args.chat_template,
                                           "sampling": {"do_sample": args.temperature > 0, **sampling,
                                                        "max_new_tokens": args.max_new_tokens},
                                           "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings),
                                           "max_len": args.max_len, "loss": trainer.loss_identity(),
-                                          "quality_rule": not args.keep_answer_only and recipe == "project",
+                                          "quality_rule": quality,
                                           "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}},
                        str(out))
-        tok = ssr.load_tokenizer(args.model)
-        model = ssr.load_model(args.model, dtype=dtype, device=device)
-        adapter = run_method(args.method, model, tok, examples, out, lora_settings=lora_settings, train_config=cfg,
-                             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_len=args.max_len,
-                             workers=args.workers, quality=not args.keep_answer_only and recipe == "project",
-                             recipe=recipe, sampling=sampling)
-    except (FloatingPointError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"adapter: {adapter}")
-    if args.save_merged:
-        if not lora.lora_modules(model):  # the run had finished before: put its adapter on the fresh model
-            lora.load_adapter(model, adapter)
-        hf = model.hf_config
-        lora.merge_lora(model)
-        ssr.save_model(model, out / "merged", dtype=getattr(torch, hf.get("torch_dtype") or hf.get("dtype") or "float32"))
-        print(f"merged checkpoint: {out / 'merged'}")
+        try:
+            adapter = run_method(args.method, model, tok, examples, out, lora_settings=lora_settings,
+                                 train_config=cfg, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                 max_len=args.max_len, workers=args.workers, quality=quality, recipe=recipe,
+                                 sampling=sampling)
+        except KeyboardInterrupt:
+            raise cli.Interrupted(f"the generations, verdicts and last checkpoint so far are kept in {out}; rerun "
+                                  "the same command to continue") from None
+        print(f"adapter: {adapter}")
+        if args.save_merged:
+            if not lora.lora_modules(model):  # the run had finished before: put its adapter on the fresh model
+                lora.load_adapter(model, adapter)
+            hf = model.hf_config
+            lora.merge_lora(model)
+            ssr.save_model(model, out / "merged",
+                           dtype=getattr(torch, hf.get("torch_dtype") or hf.get("dtype") or "float32"))
+            print(f"merged checkpoint: {out / 'merged'}")
     return 0
+
+
+def main(argv=None) -> int:
+    return cli.main(run, argv)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from ssr import judges, tasks
 from ssr.runfiles import check_settings, read_records, write_atomic
 from ssr.sampling import generate_records
-from ssr.tasks import load_task
+from ssr.tasks import TASKS, load_task
 
 # ---------------------------------------------------------------------------------------------------------
 # retention benchmarks: the official files -> multiple-choice questions
@@ -264,10 +264,12 @@ def drop_table(runs: dict[str, dict], exclude=(), targets=None, extra_rows=()) -
 
 # the official files under --data-dir, as laid out in ../shared/data
 TARGET_FILES = {"gsm8k": "gsm8k/test.jsonl", "mbpp": "mbpp/mbpp.jsonl", "nq": "nq_open/NQ-open.dev.jsonl"}
+
+
 def target_examples(task: str, path, limit: int | None = None, split: str = "test") -> list:
     """A target task's evaluation examples: GSM8K test, MBPP's `split` (test: task_ids 11-510), NQ-open dev
-    (or any task file)."""
-    examples = load_task(path)
+    (or any task file). A task named gsm8k, mbpp or nq must hold records of that format."""
+    examples = load_task(path, task if task in TASKS else None)
     if examples[0].task == "mbpp" and task == "mbpp":
         examples = [e for e in examples if int(e.id) in tasks.MBPP_SPLITS[split]]
     return subsample(examples, limit)

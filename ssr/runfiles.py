@@ -1,7 +1,7 @@
 """Files that survive being killed. Append-only JSONL is the output format of every resumable step (generate,
 judge): a step skips the ids already there and appends the rest, one whole flushed line per record. Files
 written whole (targets, results, settings) replace the old one at once, and `check_settings` ties every output
-to the settings that made it.
+to the settings that made it, and `hold_lock` lets one process at a time write an output.
 
 The trap avoided: a run killed mid-write leaves half a line at the end of the file, and appending after it
 would glue the next record onto the fragment and corrupt both. So readers ignore an unterminated last line,
@@ -10,6 +10,7 @@ touches the file: a reader may run while the writer is still busy.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -22,28 +23,40 @@ def read_records(path: str | Path, *, partial_tail: bool = True) -> list[dict]:
     """All records of a JSONL file ([] if it does not exist), the one JSONL reader of the project.
 
     partial_tail (outputs being appended to): an unterminated last line counts only if it is valid JSON. With
-    partial_tail=False (task files, written by people) every line must be valid. A malformed line is an error
-    naming the file and its 1-based line.
+    partial_tail=False (task files, written by people) every line must be valid. A malformed line, or one that
+    is not a JSON object, is an error naming the file and its 1-based line.
     """
+    return [record for _, record in numbered_records(path, partial_tail=partial_tail)]
+
+
+def numbered_records(path: str | Path, *, partial_tail: bool = True) -> list[tuple[int, dict]]:
+    """(1-based line number, record) pairs of a JSONL file: what read_records reads, with where it stands."""
     path = Path(path)
     if not path.exists():
         return []
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a JSONL file")
     lines = path.read_bytes().split(b"\n")
     tail = lines.pop() if partial_tail else b""  # after the last newline: b"" when the file ends cleanly
     records = []
     for n, line in enumerate(lines, 1):
         if line.strip():
             try:
-                records.append(json.loads(line.decode("utf-8")))
+                record = json.loads(line.decode("utf-8"))
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
+            records.append((n, record))
     if tail.strip():
         try:
-            records.append(json.loads(tail))
+            record = json.loads(tail)
         except ValueError:  # a fragment left by a killed writer (bad JSON, or cut inside a UTF-8 character)
-            pass
+            record = None
+        if isinstance(record, dict):
+            records.append((len(lines) + 1, record))
     return records
 
 
@@ -96,6 +109,30 @@ def check_settings(path: str | Path, settings: dict, what: str, may_change: tupl
         if saved == settings:
             return
     write_atomic(path, json.dumps(settings, indent=2))
+
+
+@contextmanager
+def hold_lock(out: str | Path):
+    """Hold `{out}.lock` while the block runs, so that one process at a time writes `out` (a file or a run
+    folder); a second is refused naming the holder. flock is dropped by the kernel when its process dies, so a
+    killed run never leaves a stale lock: the lock file may stay, the lock does not."""
+    path = Path(f"{out}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise FileExistsError(f"{out} is being written by another process ({holder}, holding {path}); "
+                                  "wait for it to finish, or choose another output") from None
+        f.truncate(0)
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        yield path
+    finally:
+        f.close()  # releases the lock
 
 
 @contextmanager

@@ -219,6 +219,27 @@ def prompt_text(tok, prompt: tasks.Prompt) -> str:
     return text[:text.rindex(prompt.prefix) + len(prompt.prefix)]
 
 
+def check_context(model, lengths: list[tuple[str, int]], max_new_tokens: int) -> None:
+    """The one rule for prompts too long for the model: prompt + max_new_tokens must fit its context
+    (config.json's max_position_embeddings), or nothing is generated and the error gives the counts.
+    lengths: (example id, prompt tokens). Cutting a prompt would change the question; a cache past the context
+    would compute positions the model never saw (and, for a huge prompt, ask for gigabytes)."""
+    context = model.config.max_position_embeddings
+    over = [(n, id) for id, n in lengths if n + max_new_tokens > context]
+    if over:
+        n, id = max(over)
+        raise ValueError(f"{len(over)} prompt(s) do not fit the model's context of {context} tokens "
+                         f"(max_position_embeddings) with --max-new-tokens {max_new_tokens}: the longest, example "
+                         f"{id!r}, has {n} prompt tokens; lower --max-new-tokens or leave such examples out")
+
+
+def check_prompts(model, tok, examples: list[tasks.Example], mode: str, max_new_tokens: int,
+                  recipe: str = "project") -> None:
+    """check_context for a task's prompts in one mode; the scripts call it before they write anything."""
+    check_context(model, [(ex.id, len(prompt_ids(tok, tasks.build_prompt(ex, mode, recipe)))) for ex in examples],
+                  max_new_tokens)
+
+
 def generate_records(model, tok, examples: list[tasks.Example], mode: str, out_path, *, batch_size: int = 16,
                      max_new_tokens: int = 512, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                      seed: int | None = None, stop_strings=(), progress: bool = True,
@@ -237,6 +258,7 @@ def generate_records(model, tok, examples: list[tasks.Example], mode: str, out_p
     done = {(r["id"], r.get("mode")) for r in read_records(out_path)}
     prompts = [(ex, tasks.build_prompt(ex, mode, recipe)) for ex in examples if (ex.id, mode) not in done]
     todo = sorted(((prompt_ids(tok, p), ex, p) for ex, p in prompts), key=lambda item: -len(item[0]))
+    check_context(model, [(ex.id, len(ids)) for ids, ex, _ in todo], max_new_tokens)
 
     generator = None if seed is None else torch.Generator(model.lm_head.weight.device).manual_seed(seed)
     new_tokens, start = 0, time.perf_counter()

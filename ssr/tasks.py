@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssr.runfiles import read_records
+from ssr.runfiles import numbered_records
 
 TASKS = ("gsm8k", "mbpp", "nq")
 
@@ -39,7 +39,7 @@ class Example:
     messages: list[dict] | None = None  # generic records: the conversation, gold turn excluded
 
 
-def detect_task(row: dict) -> str:
+def detect_task(row: dict, where: str = "record") -> str:
     """Name the format of one record by its fields."""
     if "task_id" in row and "test_list" in row:
         return "mbpp"
@@ -49,41 +49,86 @@ def detect_task(row: dict) -> str:
         return "nq"
     if "messages" in row or ("prompt" in row and "response" in row):
         return "chat"
-    raise ValueError(f"unknown record format with fields {sorted(row)}; expected GSM8K (question, answer), "
+    raise ValueError(f"{where}: unknown record format with fields {sorted(row)}; expected GSM8K (question, answer), "
                      "MBPP (task_id, text, code, test_list), NQ-open (question, answer list), "
-                     "or chat records (messages, or prompt and response)")
+                     "or chat records (messages, or prompt and response); or name it with --task")
 
 
-def _require(row: dict, keys: tuple[str, ...], where: str) -> None:
-    missing = [k for k in keys if k not in row]
-    if missing:
-        raise ValueError(f"{where}: missing field(s) {missing}")
+# The fields each format uses, with their types. A wrong type is an error naming the field, never coerced:
+# list("a dog") would turn an answer string into one alias per character, which "contains" matches anywhere.
+STR, STRS, ID = (str,), "list of strings", (str, int)
+FIELDS = {"gsm8k": {"question": STR, "answer": STR},
+          "mbpp": {"task_id": ID, "text": STR, "code": STR, "test_list": STRS},
+          "nq": {"question": STR, "answer": STRS}}
+FORMAT = {"gsm8k": "GSM8K", "mbpp": "MBPP", "nq": "NQ-open", "chat": "chat"}
+
+
+def _check(row: dict, fields: dict, where: str, task: str) -> None:
+    for key, kind in fields.items():
+        if key not in row:
+            raise ValueError(f"{where}: missing field {key!r} (a {FORMAT[task]} record has {', '.join(fields)})")
+        value = row[key]
+        if kind == STRS:
+            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        else:
+            ok = isinstance(value, kind) and not isinstance(value, bool)
+        if not ok:
+            wanted = kind if kind == STRS else " or ".join(t.__name__ for t in kind)
+            raise ValueError(f"{where}: field {key!r} must be {'a ' if kind == STRS else ''}{wanted} in a "
+                             f"{FORMAT[task]} record, got {type(value).__name__} {_short(value)}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _messages(value, where: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{where}: field 'messages' must be a non-empty list of {{role, content}} objects, "
+                         f"got {type(value).__name__} {_short(value)}")
+    for i, m in enumerate(value, 1):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise ValueError(f"{where}: messages[{i - 1}] must be an object with string 'role' and 'content', "
+                             f"got {_short(m)}")
+        if m["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"{where}: messages[{i - 1}] has role {m['role']!r}; expected system, user or assistant")
+    return list(value)
 
 
 def to_example(row: dict, index: int, task: str, where: str = "record") -> Example:
-    """One record of a known format -> Example. `index` is the record's position in its file."""
+    """One record of a known format -> Example, every field the task uses checked for its type. `index` is the
+    record's position in its file (the id of records without one); `where` names it in errors ("FILE:LINE")."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if "id" in row and (not isinstance(row["id"], (str, int)) or isinstance(row["id"], bool)):
+        raise ValueError(f"{where}: field 'id' must be a string or an integer, got {_short(row['id'])}")
+    if task in FIELDS:
+        _check(row, FIELDS[task], where, task)
     if task == "gsm8k":
-        _require(row, ("question", "answer"), where)
         return Example(id=str(row.get("id", index)), task="gsm8k", question=row["question"], gold=row["answer"])
     if task == "mbpp":
-        _require(row, ("task_id", "text", "code", "test_list"), where)
+        setup = row.get("test_setup_code") or ""
+        if not isinstance(setup, str):
+            raise ValueError(f"{where}: field 'test_setup_code' must be a string, got {_short(setup)}")
         return Example(id=str(row["task_id"]), task="mbpp", question=row["text"], gold=row["code"],
-                       tests=list(row["test_list"]), setup=row.get("test_setup_code", "") or "")
+                       tests=list(row["test_list"]), setup=setup)
     if task == "nq":
-        _require(row, ("question", "answer"), where)
         answers = list(row["answer"])
         if not answers:
-            raise ValueError(f"{where}: empty answer list")
+            raise ValueError(f"{where}: field 'answer' is an empty list (an NQ-open record needs at least one alias)")
         return Example(id=str(row.get("id", index)), task="nq", question=row["question"], gold=answers[0],
                        answers=answers)
     if task == "chat":
         if "messages" in row:
-            messages = list(row["messages"])
-            if not messages or messages[-1].get("role") != "assistant":
+            messages = _messages(row["messages"], where)
+            if messages[-1]["role"] != "assistant":
                 raise ValueError(f"{where}: 'messages' must end with an assistant turn (the target)")
             prompt, gold = messages[:-1], messages[-1]["content"]
+            if not prompt or prompt[-1]["role"] != "user":
+                raise ValueError(f"{where}: 'messages' must have a user turn right before its last assistant turn")
         else:
-            _require(row, ("prompt", "response"), where)
+            _check(row, {"prompt": STR, "response": STR}, where, "chat")
             prompt, gold = [{"role": "user", "content": row["prompt"]}], row["response"]
         question = next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
         return Example(id=str(row.get("id", index)), task="chat", question=question, gold=gold, messages=prompt)
@@ -92,18 +137,25 @@ def to_example(row: dict, index: int, task: str, where: str = "record") -> Examp
 
 def load_task(path: str | Path, task: str | None = None, limit: int | None = None,
               split: str | None = None) -> list[Example]:
-    """Load a task file. `task` is detected from the first record when not given. `split` (MBPP only)
-    keeps one of MBPP_SPLITS; `limit` then takes the first N of what is left."""
+    """Load a task file, checking every record it uses. `task` is detected from the first record when not
+    given. `split` (MBPP only) keeps one of MBPP_SPLITS; `limit` then takes the first N of what is left.
+    Errors name the file and the record's 1-based line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"task file not found: {path}")
-    rows = read_records(path, partial_tail=False)
+        raise FileNotFoundError(f"task file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 (or None for all records), got {limit}")
+    rows = numbered_records(path, partial_tail=False)
     if not rows:
         raise ValueError(f"{path}: no records")
-    task = task or detect_task(rows[0])
-    examples = [to_example(r, i, task, where=f"{path}: record {i}") for i, r in enumerate(rows)]
-    if len({e.id for e in examples}) != len(examples):
-        raise ValueError(f"{path}: duplicate ids")
+    task = task or detect_task(rows[0][1], f"{path}:{rows[0][0]}")
+    examples = [to_example(r, i, task, where=f"{path}:{line}") for i, (line, r) in enumerate(rows)]
+    first_line: dict[str, int] = {}
+    for e, (line, _) in zip(examples, rows):
+        if e.id in first_line:
+            raise ValueError(f"{path}:{line}: duplicate id {e.id!r} (first on line {first_line[e.id]}); "
+                             "ids must be unique")
+        first_line[e.id] = line
     if split is not None:
         if task != "mbpp":
             raise ValueError(f"--split {split}: splits by task_id exist for MBPP only; {path} is {task!r} data")

@@ -489,17 +489,19 @@ def test_judge_cli_judges_resumes_and_summarizes(tmp_path, capsys):
     assert "paraphrase: 2/4 correct (50.0%)" in summary
     assert "match 2, mismatch 2" in summary
 
-    with pytest.raises(SystemExit):  # verdicts judged another way are never mixed into --out
-        judge_cli.main(["--task-file", str(tasks), "--predictions", str(predictions), "--out", str(out),
-                        "--nq-mode", "exact"])
+    # verdicts judged another way are never mixed into --out
+    assert judge_cli.main(["--task-file", str(tasks), "--predictions", str(predictions), "--out", str(out),
+                           "--nq-mode", "exact"]) == 1
     assert "other settings (nq_mode: 'contains' -> 'exact')" in capsys.readouterr().err
     assert read_records(out) == final
 
 
-def test_judge_cli_refuses_chat_records(tmp_path):
+def test_judge_cli_refuses_chat_records(tmp_path, capsys):
     tasks = tmp_path / "chat.jsonl"
     tasks.write_text(json.dumps({"prompt": "hi", "response": "hello"}) + "\n")
     predictions = tmp_path / "pred.jsonl"
     predictions.write_text(json.dumps({"id": "0", "output": "hello"}) + "\n")
-    with pytest.raises(SystemExit):
-        judge_cli.main(["--task-file", str(tasks), "--predictions", str(predictions), "--out", str(tmp_path / "v")])
+    assert judge_cli.main(["--task-file", str(tasks), "--predictions", str(predictions),
+                           "--out", str(tmp_path / "v")]) == 1
+    assert "holds 'chat' records; rule-based judges exist for gsm8k" in capsys.readouterr().err
+    assert not (tmp_path / "v").exists()

@@ -16,7 +16,8 @@ from ssr.methods import METHODS, SOURCES
 def qwen_dir(shared, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-qwen2")
     make_checkpoint(folder, "qwen2", vocab_size=151936, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+                    num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                    max_position_embeddings=2048)  # S3FT paraphrase prompts of GSM8K run past 256 tokens
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(shared / "tokenizers" / "Qwen2.5-Instruct" / name, folder / name)
     return folder

@@ -1,0 +1,121 @@
+"""What the four scripts share at the command line: flag types that check values where they are parsed, one
+`error:` line instead of a traceback, Ctrl-C that says what was kept, and checks run before anything is written.
+
+The trap avoided: a bad value found deep inside a run (a `random.sample` traceback for a negative --limit,
+a settings file already written when the model path turns out to be a typo). Every flag value is checked by
+its argparse type, every input (model, adapter, tokenizer, task records) is read before an output is
+touched, and only then are the settings guard and the lock of ssr/runfiles.py taken.
+
+Errors print as one line, `error: ...` (exit 1; a bad flag exits 2). SSR_DEBUG=1 in the environment shows
+the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import traceback
+from typing import Callable
+
+DEBUG_ENV = "SSR_DEBUG"
+
+
+class Interrupted(Exception):
+    """Raised from a KeyboardInterrupt by code that knows what was kept; `main` prints it as one line."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported as one `error:` line (exit 2) rather than usage plus an error."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} -h)\n")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# flag types: argparse names the flag in the message ("argument --limit: expected an integer >= 1, got '0'")
+
+
+def _number(kind: Callable, text: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def int_at_least(low: int):
+    def parse(text: str) -> int:
+        value = _number(int, text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+positive_int = int_at_least(1)  # --limit, batch sizes, --epochs, --max-new-tokens, --lora-r, ...
+nonnegative_int = int_at_least(0)  # --top-k (0: all tokens), --save-every (0: at the end)
+
+
+def float_in(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False):
+    """A finite float in the interval; e.g. float_in(0, 1, low_open=True) is (0, 1]."""
+    shown = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open or high == math.inf else ']'}"
+
+    def parse(text: str) -> float:
+        value = _number(float, text)
+        if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+            raise argparse.ArgumentTypeError(f"expected a number in {shown}, got {text!r}")
+        return value
+    parse.__name__ = f"number in {shown}"
+    return parse
+
+
+nonnegative_float = float_in(0)  # --temperature (0: greedy), --weight-decay, --max-grad-norm (0: off)
+positive_float = float_in(0, low_open=True)  # --lr, --lora-alpha, --timeout
+probability = float_in(0, 1, low_open=True)  # --top-p
+fraction = float_in(0, 1, high_open=True)  # --warmup, --lora-dropout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# checks of inputs, before anything is written
+
+
+def require_chat_template(tok, model: str) -> None:
+    """Scripts that prompt the model need a chat template: say which flag gives one."""
+    from ssr.tokenizer import TEMPLATES
+    if tok.chat_template is None:
+        raise ValueError(f"--model {model}: its tokenizer has no chat template this project recognises; "
+                         f"pass --chat-template, one of {', '.join(TEMPLATES)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# running a script
+
+
+def main(body: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
+    """Run a script's body: its exit code, or 1 after one `error:` line, or 130 after one `interrupted:` line.
+    A bad flag (argparse) still exits by SystemExit(2). SSR_DEBUG=1 re-raises instead, with the traceback."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    try:
+        return body(argv)
+    except (Interrupted, KeyboardInterrupt) as e:
+        if debug:
+            raise
+        kept = str(e) if isinstance(e, Interrupted) else "nothing new was kept"
+        print(f"interrupted: {kept}", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001: the point is one line, whatever went wrong
+        if debug:
+            raise
+        if isinstance(e, (ValueError, OSError, FloatingPointError)):  # a user's input or a file: the message says it
+            message = str(e)
+        else:  # a bug: keep where it happened, ask for the traceback
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            message = (f"internal error {type(e).__name__}: {e} (at {os.path.basename(frame.filename)}:{frame.lineno}); "
+                       f"rerun with {DEBUG_ENV}=1 for the traceback")
+        print(f"error: {message}", file=sys.stderr)
+        return 1
