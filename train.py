@@ -23,7 +23,7 @@ import torch
 
 import ssr
 import demo
-from ssr import lora, methods
+from ssr import llm_judge, lora, methods
 from ssr.checkpoint import device_and_dtype
 from ssr.methods import run_method
 from ssr.runfiles import check_settings
@@ -38,8 +38,10 @@ def parse_args(argv):
     p.add_argument("--demo", action="store_true", help="run the CPU demo (the default with no arguments); "
                                                        "see python demo.py -h for its options")
     p.add_argument("--method", choices=methods.METHODS, default="sft", help="how the targets are chosen")
-    p.add_argument("--task", choices=(*TASKS, "chat"), help="the data's format (default: detected)")
-    p.add_argument("--data", help="a GSM8K, MBPP or NQ-open JSONL file, or chat records (sft only)")
+    p.add_argument("--task", choices=(*TASKS, "chat"), help="the data's format (default: detected; a .json file "
+                                                           "is SQuAD 2.0's official layout)")
+    p.add_argument("--data", help="a GSM8K, MBPP, NQ-open or grounded-QA JSONL file, SQuAD 2.0's official JSON, "
+                                  "or chat records (sft, or any method with --judge llm)")
     p.add_argument("--limit", type=int, help="train on the first N examples")
     p.add_argument("--model", default=ssr.DEFAULT_MODEL, help="HF checkpoint folder, or the built-in default")
     p.add_argument("--out", help="run folder: generations, verdicts, targets, checkpoints, adapter")
@@ -52,6 +54,16 @@ def parse_args(argv):
     g.add_argument("--keep-answer-only", action="store_true",
                    help="switch off the target quality rule (judges.unfit_target): accept a correct answer even "
                         "when it has no worked step")
+    g = p.add_argument_group("judge (ssr, s3ft, sdft): which of the model's answers may be targets")
+    g.add_argument("--judge", choices=llm_judge.KINDS, default="rule",
+                   help="the task's rule judge (default), an LLM judge, or both must accept")
+    g.add_argument("--judge-model", default="self", help="the LLM judge: an HF folder, the default model's name, or "
+                                                         "self (the model being trained, adapters off); with "
+                                                         "--judge-url, the served model's name")
+    g.add_argument("--judge-url", help="an OpenAI-compatible endpoint (http://host:8000/v1) serving the judge; "
+                                       f"the key is read from ${llm_judge.API_KEY_ENV[0]} (else "
+                                       f"${llm_judge.API_KEY_ENV[1]})")
+    g.add_argument("--judge-max-new-tokens", type=int, default=256, help="the LLM judge's reply, at most")
     g = p.add_argument_group("LoRA")
     g.add_argument("--lora-r", type=int, default=ld.r)
     g.add_argument("--lora-alpha", type=float, default=ld.alpha)
@@ -100,18 +112,25 @@ def main(argv=None) -> int:
         examples = load_task(args.data, args.task, args.limit)
         out = Path(args.out)
         # What decides the targets must not change within a run folder (the trainer checks its own settings).
+        judged_by = {} if args.judge == "rule" else {"judge": {  # absent for the rule judge: older runs stay valid
+            "judge": args.judge, "model": args.judge_model, "url": args.judge_url,
+            "max_new_tokens": args.judge_max_new_tokens}}
         check_settings(out / "run.json", {"method": args.method, "model": str(args.model),
                                           "data": str(Path(args.data).resolve()), "limit": args.limit,
                                           "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings),
                                           "max_len": args.max_len, "quality_rule": not args.keep_answer_only,
-                                          "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}},
+                                          "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES},
+                                          **judged_by},
                        str(out))
         tok = ssr.load_tokenizer(args.model)
         model = ssr.load_model(args.model, dtype=dtype, device=device)
+        judge = llm_judge.make_judge(args.judge, args.judge_model, args.judge_url, own=(model, tok, str(args.model)),
+                                     max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size,
+                                     device=device, dtype=dtype)
         adapter = run_method(args.method, model, tok, examples, out, lora_settings=lora_settings, train_config=cfg,
                              batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, max_len=args.max_len,
-                             workers=args.workers, quality=not args.keep_answer_only)
-    except (FloatingPointError, ValueError, FileNotFoundError) as e:
+                             workers=args.workers, quality=not args.keep_answer_only, judge=judge)
+    except (FloatingPointError, ValueError, FileNotFoundError, llm_judge.EndpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"adapter: {adapter}")
