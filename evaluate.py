@@ -4,9 +4,11 @@
         --data-dir ../shared/data [--limit 200] --out results/base.json
     python evaluate.py --compare results/base.json results/sft.json results/ssr.json
 
-Target tasks (gsm8k, mbpp, nq, or NAME=FILE for any task file in those formats) are answered greedily
-with the task prompts of ssr/tasks.py and judged by ssr/judges.py: GSM8K accuracy, MBPP pass@1,
-NQ-open accuracy (contains; exact match reported beside it). Retention benchmarks (mmlu, arc_easy,
+Target tasks (gsm8k, mbpp, nq, squad2, or NAME=FILE for any task file in those formats) are answered
+greedily with the task prompts of ssr/tasks.py and judged by ssr/judges.py (or an LLM judge, --judge llm):
+GSM8K accuracy, MBPP pass@1, NQ-open accuracy (contains; exact match reported beside it), SQuAD 2.0 as
+SSR reports it (answerable_recall: token recall of the gold answer; unanswerable_rate: how often the model
+declines; answerable_acc / acc: the judge's accuracy; recall_or_declined: both together). Retention benchmarks (mmlu, arc_easy,
 arc_challenge, truthfulqa_mc1, truthfulqa_mc2, hellaswag) are scored by log-likelihood multiple
 choice with the formats of ssr/evaluation.py. --limit takes the same fixed-seed sample for every model.
 
@@ -24,7 +26,7 @@ import sys
 from pathlib import Path
 
 import ssr
-from ssr import cli, evaluation, judges, lora
+from ssr import cli, evaluation, judges, llm_judge, lora
 from ssr.checkpoint import device_and_dtype, read_json
 from ssr.runfiles import hold_lock
 from ssr.sampling import check_prompts
@@ -112,6 +114,15 @@ def parse_args(argv: list[str]):
     p.add_argument("--batch-tokens", type=cli.positive_int, default=8192, help="tokens per scoring forward pass")
     p.add_argument("--max-new-tokens", type=cli.positive_int, default=512)
     p.add_argument("--nq-mode", choices=judges.NQ_MODES, default="contains")
+    p.add_argument("--judge", choices=llm_judge.KINDS, default="rule",
+                   help="target tasks: the rule judge (default), an LLM judge, or both must accept")
+    p.add_argument("--judge-model", default="self", help="the LLM judge: an HF folder, the default model's name, or "
+                                                         "self (the evaluated model with its adapter off: one judge "
+                                                         "for base and fine-tuned runs); with --judge-url, the "
+                                                         "served model's name")
+    p.add_argument("--judge-url", help="an OpenAI-compatible endpoint serving the judge (key from "
+                                       f"${llm_judge.API_KEY_ENV[0]}, else ${llm_judge.API_KEY_ENV[1]})")
+    p.add_argument("--judge-max-new-tokens", type=cli.positive_int, default=256)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto: bfloat16 on CUDA, float32 on CPU")
@@ -141,6 +152,9 @@ def run(argv: list[str]) -> int:
                 "max_new_tokens": args.max_new_tokens, "nq_mode": args.nq_mode}
     if args.chat_template:  # only when given, so that results files of earlier runs still match
         settings["chat_template"] = args.chat_template
+    if args.judge != "rule":  # absent for the rule judge, so that older result files stay valid
+        settings["judge"] = {"judge": args.judge, "model": args.judge_model, "url": args.judge_url,
+                             "max_new_tokens": args.judge_max_new_tokens}
     items = {}
     for name, (kind, file) in tasks.items():
         items[name] = target_examples(name, file, args.limit, args.split) if kind == "target" \
@@ -156,12 +170,15 @@ def run(argv: list[str]) -> int:
         cli.require_chat_template(tok, args.model)
     for name in targets:
         check_prompts(model, tok, items[name], "predict", args.max_new_tokens)
+    judge = llm_judge.make_judge(args.judge, args.judge_model, args.judge_url, own=(model, tok, str(args.model)),
+                                 max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size,
+                                 device=device, dtype=dtype)
 
     with hold_lock(args.out):
         try:
             results = run_benchmarks(model, tok, items, args.out, settings, batch_size=args.batch_size,
                                      max_new_tokens=args.max_new_tokens, batch_tokens=args.batch_tokens,
-                                     nq_mode=args.nq_mode)
+                                     nq_mode=args.nq_mode, judge=judge)
         except KeyboardInterrupt:
             done = json.loads(args.out.read_text())["results"] if args.out.is_file() else {}
             raise cli.Interrupted(f"{len(done)} finished benchmark(s) kept in {args.out} (and the generations so "

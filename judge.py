@@ -1,13 +1,16 @@
-"""Judge generated answers with the rule-based judges (ssr/judges.py).
+"""Judge generated answers with the rule-based judges (ssr/judges.py) or an LLM judge (ssr/llm_judge.py).
 
     python judge.py --task-file data/gsm8k/test.jsonl --predictions runs/pred.jsonl --out runs/verdicts.jsonl
+    python judge.py --task-file chat.jsonl --predictions runs/pred.jsonl --out runs/llm.verdicts.jsonl \\
+        --judge llm --judge-model smollm2-135m-instruct      # or --judge-url http://host:8000/v1 --judge-model NAME
 
 Reads generate.py's records ({"id", "mode", "output", ...}), joins them with the task file by id, and appends one
-verdict per record to --out: {"id", "mode", "task", "correct", "kind", "reason"}. Resumable: a rerun skips the
-(id, mode) pairs already in --out, so a killed run picks up where it stopped; a rerun with another task file,
-predictions file, --nq-mode or --timeout is refused (NAME.settings.json beside --out keeps them), and so is a
-second copy on the same --out (NAME.lock). Prints
-accuracy per mode and the verdicts counted by kind ("match", "mismatch", "AssertionError", "timeout", ...).
+verdict per record to --out: {"id", "mode", "task", "correct", "kind", "reason", "unfit"} (the LLM judge adds
+its raw text and settings, "judge_output", "judge", "judge_prompt", and judges any task file, chat records too).
+Resumable: a rerun skips the (id, mode) pairs already in --out, so a killed run picks up where it stopped; a
+rerun with another task file, predictions file, --nq-mode, --timeout or judge is refused (NAME.settings.json
+beside --out keeps them), and so is a second copy on the same --out (NAME.lock). Prints accuracy per mode and
+the verdicts counted by kind ("match", "mismatch", "AssertionError", "timeout", ...).
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from ssr import cli, judges
+import ssr
+from ssr import cli, judges, llm_judge
+from ssr.checkpoint import device_and_dtype
 from ssr.runfiles import check_settings, hold_lock, numbered_records, read_records
 from ssr.tasks import TASKS, load_task
 
@@ -38,7 +43,8 @@ def summarize(verdicts: list[dict]) -> str:
 def parse_args(argv: list[str]):
     parser = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task-file", required=True, help="the task file the predictions were generated from")
-    parser.add_argument("--task", choices=TASKS, help="its format (default: detected from the first record)")
+    parser.add_argument("--task", choices=TASKS + ("chat",), help="its format (default: detected from the first "
+                                                                  "record)")
     parser.add_argument("--predictions", required=True, help="generate.py's output (JSONL)")
     parser.add_argument("--out", required=True, help="verdicts JSONL; appended to, and skipped on a rerun")
     parser.add_argument("--workers", type=cli.positive_int, default=None,
@@ -47,6 +53,16 @@ def parse_args(argv: list[str]):
                         help="NQ: an alias contained in the answer (default), or SQuAD exact match")
     parser.add_argument("--timeout", type=cli.positive_float, default=judges.DEFAULT_TIMEOUT,
                         help="seconds per MBPP program")
+    g = parser.add_argument_group("LLM judge")
+    g.add_argument("--judge", choices=llm_judge.KINDS, default="rule",
+                   help="the task's rule judge (default), an LLM judge, or both must accept")
+    g.add_argument("--judge-model", default=ssr.DEFAULT_MODEL,
+                   help="an HF folder or the default model's name; with --judge-url, the served model's name")
+    g.add_argument("--judge-url", help="an OpenAI-compatible endpoint (http://host:8000/v1) serving the judge; the "
+                                       f"key is read from ${llm_judge.API_KEY_ENV[0]} (else ${llm_judge.API_KEY_ENV[1]})")
+    g.add_argument("--judge-max-new-tokens", type=cli.positive_int, default=256, help="the judge's reply, at most")
+    g.add_argument("--batch-size", type=cli.positive_int, default=8, help="judge prompts generated together (local judge)")
+    g.add_argument("--device", default="auto", help="the local judge's device: auto, cpu, cuda, ...")
     return parser.parse_args(argv)
 
 
@@ -70,9 +86,9 @@ def run(argv: list[str]) -> int:
     # every input is read and checked before anything is written
     examples = {ex.id: ex for ex in load_task(args.task_file, args.task)}
     task = next(iter(examples.values())).task
-    if task not in TASKS:
+    if task not in TASKS and args.judge != "llm":
         raise ValueError(f"--task-file {args.task_file} holds {task!r} records; rule-based judges exist for "
-                         f"{', '.join(TASKS)}")
+                         f"{', '.join(TASKS)} (use --judge llm)")
     predictions = read_predictions(Path(args.predictions))
     known = [r for r in predictions if str(r["id"]) in examples]
     if not known:
@@ -85,15 +101,25 @@ def run(argv: list[str]) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder; give a JSONL file name")
+    settings = {"task_file": str(Path(args.task_file).resolve()), "predictions": str(Path(args.predictions).resolve()),
+                "nq_mode": args.nq_mode, "timeout": args.timeout}
+    if args.judge != "rule":  # absent for the rule judge, so that older settings files stay valid
+        settings["judge"] = {"judge": args.judge, "model": args.judge_model, "url": args.judge_url,
+                             "max_new_tokens": args.judge_max_new_tokens}
+    device, dtype = device_and_dtype(args.device)
+    judge = llm_judge.make_judge(args.judge, args.judge_model, args.judge_url,
+                                 max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size,
+                                 device=device, dtype=dtype)
 
     with hold_lock(out):
         # verdicts of other predictions, or judged another way, must not be mixed into --out
-        check_settings(out.with_suffix(".settings.json"), {
-            "task_file": str(Path(args.task_file).resolve()), "predictions": str(Path(args.predictions).resolve()),
-            "nq_mode": args.nq_mode, "timeout": args.timeout}, str(out))
+        check_settings(out.with_suffix(".settings.json"), settings, str(out))
         try:
-            verdicts = judges.judge_records(examples, known, out, workers=args.workers, nq_mode=args.nq_mode,
-                                            timeout=args.timeout)
+            if judge is None:
+                verdicts = judges.judge_records(examples, known, out, workers=args.workers, nq_mode=args.nq_mode,
+                                                timeout=args.timeout)
+            else:
+                verdicts = llm_judge.judge_records(judge, examples, known, out)
         except KeyboardInterrupt:
             raise cli.Interrupted(f"{len(read_records(out))} verdicts kept in {out}; rerun the same command to "
                                   "continue") from None

@@ -29,7 +29,7 @@ import torch
 
 import ssr
 import demo
-from ssr import cli, lora, methods, trainer
+from ssr import cli, llm_judge, lora, methods, trainer
 from ssr.checkpoint import device_and_dtype
 from ssr.methods import run_method
 from ssr.runfiles import check_settings, hold_lock
@@ -57,8 +57,10 @@ def parse_args(argv):
     p.add_argument("--demo", action="store_true", help="run the CPU demo (the default with no arguments); "
                                                        "see python demo.py -h for its options")
     p.add_argument("--method", choices=methods.METHODS, default="sft", help="how the targets are chosen")
-    p.add_argument("--task", choices=(*TASKS, "chat"), help="the data's format (default: detected)")
-    p.add_argument("--data", help="a GSM8K, MBPP or NQ-open JSONL file, or chat records (sft only)")
+    p.add_argument("--task", choices=(*TASKS, "chat"), help="the data's format (default: detected; a .json file "
+                                                           "is SQuAD 2.0's official layout)")
+    p.add_argument("--data", help="a GSM8K, MBPP, NQ-open or grounded-QA JSONL file, SQuAD 2.0's official JSON, "
+                                  "or chat records (sft, or any method with --judge llm)")
     p.add_argument("--limit", type=cli.positive_int, help="train on the first N examples (of --split, when given)")
     p.add_argument("--split", choices=tuple(MBPP_SPLITS), help="MBPP: the official split by task_id "
                    "(train 601-974, validation 511-600, test 11-510, prompt 1-10)")
@@ -82,6 +84,16 @@ def parse_args(argv):
     g.add_argument("--keep-answer-only", action="store_true",
                    help="switch off the target quality rule (judges.unfit_target): accept a correct answer even "
                         "when it has no worked step")
+    g = p.add_argument_group("judge (ssr, s3ft, sdft): which of the model's answers may be targets")
+    g.add_argument("--judge", choices=llm_judge.KINDS, default="rule",
+                   help="the task's rule judge (default), an LLM judge, or both must accept")
+    g.add_argument("--judge-model", default="self", help="the LLM judge: an HF folder, the default model's name, or "
+                                                         "self (the model being trained, adapters off); with "
+                                                         "--judge-url, the served model's name")
+    g.add_argument("--judge-url", help="an OpenAI-compatible endpoint (http://host:8000/v1) serving the judge; "
+                                       f"the key is read from ${llm_judge.API_KEY_ENV[0]} (else "
+                                       f"${llm_judge.API_KEY_ENV[1]})")
+    g.add_argument("--judge-max-new-tokens", type=cli.positive_int, default=256, help="the LLM judge's reply, at most")
     g = p.add_argument_group("LoRA (defaults: the recipe's)")
     g.add_argument("--lora-r", type=cli.positive_int)
     g.add_argument("--lora-alpha", type=cli.positive_float)
@@ -126,9 +138,9 @@ def run(argv: list[str]) -> int:
     if not args.allow_test_split:  # the whole file or split, not only its first --limit: ask for a split by name
         refuse_test_split(examples, args.data)
     examples = examples[:args.limit] if args.limit else examples
-    if args.method != "sft" and examples[0].task not in TASKS:
-        raise ValueError(f"--method {args.method} needs a judge, which exists for tasks {', '.join(TASKS)}; "
-                         f"--data {args.data} holds {examples[0].task!r} records (use --method sft)")
+    if args.method != "sft" and examples[0].task not in TASKS and args.judge != "llm":
+        raise ValueError(f"--method {args.method} needs a judge: a rule judge exists for tasks {', '.join(TASKS)}; "
+                         f"--data {args.data} holds {examples[0].task!r} records (use --judge llm, or --method sft)")
     recipe = args.recipe or methods.default_recipe(args.method, examples[0].task)
     for name, value in methods.RECIPES[recipe].items():  # a flag left unset takes the recipe's value
         if getattr(args, name) is None:
@@ -150,6 +162,13 @@ def run(argv: list[str]) -> int:
         raise NotADirectoryError(f"--out {out} is a file; give a run folder")
     print(f"recipe {recipe}: targets {'sampled ' + str(sampling) if args.temperature else 'greedy'}")
 
+    judge = llm_judge.make_judge(args.judge, args.judge_model, args.judge_url, own=(model, tok, str(args.model)),
+                                 max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size,
+                                 device=device, dtype=dtype)
+    judged_by = {} if args.judge == "rule" else {"judge": {  # absent for the rule judge: older runs stay valid
+        "judge": args.judge, "model": args.judge_model, "url": args.judge_url,
+        "max_new_tokens": args.judge_max_new_tokens}}
+
     with hold_lock(out):
         # What decides the targets and the training must not change within a run folder, finished or not.
         check_settings(out / "run.json", {"method": args.method, "model": str(args.model),
@@ -160,13 +179,14 @@ def run(argv: list[str]) -> int:
                                           "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings),
                                           "max_len": args.max_len, "loss": trainer.loss_identity(),
                                           "quality_rule": quality,
-                                          "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}},
+                                          "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES},
+                                          **judged_by},
                        str(out))
         try:
             adapter = run_method(args.method, model, tok, examples, out, lora_settings=lora_settings,
                                  train_config=cfg, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                 max_len=args.max_len, workers=args.workers, quality=quality, recipe=recipe,
-                                 sampling=sampling)
+                                 max_len=args.max_len, workers=args.workers, quality=quality, judge=judge,
+                                 recipe=recipe, sampling=sampling)
         except KeyboardInterrupt:
             raise cli.Interrupted(f"the generations, verdicts and last checkpoint so far are kept in {out}; rerun "
                                   "the same command to continue") from None

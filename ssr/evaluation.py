@@ -18,11 +18,13 @@ appended, as that harness does too. Base and fine-tuned models are scored with e
 """
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import math
 import random
 import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ssr import judges, tasks
+from ssr import judges, llm_judge, tasks
 from ssr.runfiles import check_settings, read_records, write_atomic
 from ssr.sampling import generate_records
 from ssr.tasks import TASKS, load_task
@@ -263,7 +265,8 @@ def drop_table(runs: dict[str, dict], exclude=(), targets=None, extra_rows=()) -
 # target tasks: generate an answer, judge it
 
 # the official files under --data-dir, as laid out in ../shared/data
-TARGET_FILES = {"gsm8k": "gsm8k/test.jsonl", "mbpp": "mbpp/mbpp.jsonl", "nq": "nq_open/NQ-open.dev.jsonl"}
+TARGET_FILES = {"gsm8k": "gsm8k/test.jsonl", "mbpp": "mbpp/mbpp.jsonl", "nq": "nq_open/NQ-open.dev.jsonl",
+                "squad2": "squad2/dev-v2.0.subset.json"}
 
 
 def target_examples(task: str, path, limit: int | None = None, split: str = "test") -> list:
@@ -275,14 +278,55 @@ def target_examples(task: str, path, limit: int | None = None, split: str = "tes
     return subsample(examples, limit)
 
 
+# SQuAD 2.0's official evaluation (evaluate-v2.0.py): normalise (lower case, no ASCII punctuation, no articles,
+# single spaces) and split on whitespace. Kept apart from judges.normalize_answer, which also folds accents and
+# Unicode punctuation: a metric that says "SQuAD" must count exactly as SQuAD does.
+_SQUAD_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_SQUAD_PUNCTUATION = set(string.punctuation)
+
+
+def squad_tokens(text: str) -> list[str]:
+    text = "".join(ch for ch in text.lower() if ch not in _SQUAD_PUNCTUATION)
+    return _SQUAD_ARTICLES.sub(" ", text).split()
+
+
+def token_recall(response: str, golds: list[str]) -> float:
+    """SSR's answerable-question metric: the share of a gold answer's tokens that the response contains (counted
+    with multiplicity, as SQuAD's F1 counts its overlap), the best over the gold answers. As in SQuAD's script,
+    golds that normalise to nothing are left out, and with none left the response must be empty to score 1."""
+    said = collections.Counter(squad_tokens(response))
+    golds = [g for g in (squad_tokens(g) for g in golds) if g] or [[]]
+    return max(sum((collections.Counter(g) & said).values()) / len(g) if g else float(not said) for g in golds)
+
+
+def grounded_qa_scores(examples, outputs: list[str], correct: list[bool]) -> dict:
+    """SSR's metrics on squad2: answerable questions by token recall and by the judge; unanswerable ones by how
+    often the model declines (gives the prompt's sentence); both apart and together."""
+    answerable = [i for i, e in enumerate(examples) if e.answers]
+    unanswerable = [i for i, e in enumerate(examples) if not e.answers]
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+    recall = {i: token_recall(outputs[i], examples[i].answers) for i in answerable}
+    declined = {i: judges.declines(outputs[i]) for i in range(len(examples))}
+    return {"answerable_recall": mean(list(recall.values())), "answerable_acc": mean([correct[i] for i in answerable]),
+            "answerable_decline_rate": mean([declined[i] for i in answerable]),
+            "unanswerable_rate": mean([declined[i] for i in unanswerable]),
+            "unanswerable_acc": mean([correct[i] for i in unanswerable]),
+            "recall_or_declined": mean([recall[i] if i in recall else declined[i] for i in range(len(examples))]),
+            "n_answerable": len(answerable), "n_unanswerable": len(unanswerable)}
+
+
 def score_generations(model, tok, examples, prefix, *, batch_size: int = 16, max_new_tokens: int = 512,
-                      nq_mode: str = "contains", progress: bool = True) -> dict:
-    """Greedy answers to the task prompts, judged: accuracy (pass@1 for MBPP), resumable through the files
-    {prefix}.predictions.jsonl and {prefix}.verdicts.jsonl."""
+                      nq_mode: str = "contains", judge=None, progress: bool = True) -> dict:
+    """Greedy answers to the task prompts, judged (by the rule judge, or the LLM `judge`): accuracy (pass@1 for
+    MBPP), resumable through the files {prefix}.predictions.jsonl and {prefix}.verdicts.jsonl."""
     records = generate_records(model, tok, examples, "predict", f"{prefix}.predictions.jsonl", batch_size=batch_size,
                                max_new_tokens=max_new_tokens, progress=progress)
-    verdicts = judges.judge_records({e.id: e for e in examples}, records, f"{prefix}.verdicts.jsonl",
-                                    nq_mode=nq_mode, progress=progress)
+    if judge is None:
+        verdicts = judges.judge_records({e.id: e for e in examples}, records, f"{prefix}.verdicts.jsonl",
+                                        nq_mode=nq_mode, progress=progress)
+    else:
+        verdicts = llm_judge.judge_records(judge, {e.id: e for e in examples}, records, f"{prefix}.verdicts.jsonl",
+                                           progress=progress)
     n = max(1, len(examples))
     result = {"acc": sum(v["correct"] for v in verdicts) / n, "n": len(examples), "kind": "target",
               "truncated": sum(r["finish_reason"] == "length" for r in records) / n}
@@ -290,11 +334,13 @@ def score_generations(model, tok, examples, prefix, *, batch_size: int = 16, max
         other = "exact" if nq_mode == "contains" else "contains"
         result[other] = sum(judges.nq(r["output"], e.answers, other).correct for r, e in zip(records, examples)) / n
         result[nq_mode] = result["acc"]
+    if examples and examples[0].task == "squad2":
+        result.update(grounded_qa_scores(examples, [r["output"] for r in records], [v["correct"] for v in verdicts]))
     return result
 
 
 def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, batch_size: int = 16,
-                   max_new_tokens: int = 512, batch_tokens: int = 8192, nq_mode: str = "contains",
+                   max_new_tokens: int = 512, batch_tokens: int = 8192, nq_mode: str = "contains", judge=None,
                    progress: bool = True) -> dict:
     """Score every benchmark, writing out_path (JSON) after each; those already in it are kept, not rerun.
     benchmarks: {name: list of Examples (target task, by generation) or of MCQuestions (log-likelihood)}.
@@ -312,6 +358,7 @@ def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, ba
             results[name] = score_questions(model, tok, items, batch_tokens=batch_tokens, progress=progress, desc=name)
         else:
             results[name] = score_generations(model, tok, items, f"{stem}.{name}", batch_size=batch_size,
-                                              max_new_tokens=max_new_tokens, nq_mode=nq_mode, progress=progress)
+                                              max_new_tokens=max_new_tokens, nq_mode=nq_mode, judge=judge,
+                                              progress=progress)
         write_atomic(out_path, json.dumps({"settings": settings, "results": results}, indent=2))
     return {name: results[name] for name in benchmarks}

@@ -1,6 +1,7 @@
 """Rule-based judges: GSM8K final-answer match, MBPP execution of the program against its asserts, NQ-open
-alias match. The judge decides which of the model's own answers become training targets, so each verdict
-carries a short reason ("extracted 72 = 72", "hedged: '18 or 19'", "AssertionError in test 2").
+alias match, SQuAD 2.0 answer-or-decline (the LLM judge is ssr/llm_judge.py). The judge decides which of the
+model's own answers become training targets, so each verdict carries a short reason ("extracted 72 = 72",
+"hedged: '18 or 19'", "AssertionError in test 2").
 
 The trap avoided in each:
 - GSM8K: instruct models rarely write the dataset's `#### N`, and the last number of an output is often not
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from ssr import sandbox
 from ssr.runfiles import append_records, read_records
-from ssr.tasks import Example
+from ssr.tasks import UNANSWERABLE, Example
 
 NQ_MODES = ("contains", "exact")
 DEFAULT_TIMEOUT = 5.0  # seconds per MBPP program; all official solutions but one need well under a second
@@ -498,6 +499,26 @@ def nq(output: str, answers: Sequence[str], mode: str = "contains") -> Verdict:
 
 
 # --------------------------------------------------------------------------------------------------------
+# SQuAD 2.0 (grounded QA): the prompt gives the exact sentence for an unanswerable question
+
+
+def declines(output: str) -> bool:
+    """The output says the passages do not answer: it contains the prompt's sentence, normalised like an answer."""
+    return f" {normalize_answer(UNANSWERABLE)} " in f" {normalize_answer(output)} "
+
+
+def squad2(output: str, answers: Sequence[str]) -> Verdict:
+    """An unanswerable question (no answers): correct when the output declines. An answerable one: correct when
+    it does not decline and contains some gold answer (NQ's "contains" match); SSR's own judge is an LLM."""
+    if not answers:
+        return Verdict(True, "declined", "declined") if declines(output) else \
+            Verdict(False, "answered an unanswerable question", "answered")
+    if declines(output):
+        return Verdict(False, "declined an answerable question", "declined")
+    return nq(output, answers, "contains")
+
+
+# --------------------------------------------------------------------------------------------------------
 # any task
 
 
@@ -510,6 +531,8 @@ def judge(example: Example, output: str, *, nq_mode: str = "contains",
         return mbpp(output, example.tests, example.setup, timeout=timeout)
     if example.task == "nq":
         return nq(output, example.answers, nq_mode)
+    if example.task == "squad2":
+        return squad2(output, example.answers)
     raise ValueError(f"no rule-based judge for task {example.task!r} (example {example.id})")
 
 

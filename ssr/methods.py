@@ -8,7 +8,9 @@
 
 Each method is one function `method(examples, gold, answers) -> [Target]`. It asks `answers(mode,
 examples)` for the generations it needs; `cached_answers` makes that function for a run folder: it
-generates with the base model (adapters off; greedy, or sampled in the sdft recipe), judges, and keeps both on disk, so a rerun
+generates with the base model (adapters off; greedy, or sampled in the sdft recipe), judges (with the task's
+rule judge, or an LLM judge from ssr/llm_judge.py, which also judges generic chat records), and keeps both on
+disk, so a rerun
 resumes. `run_method` chains targets and LoRA training. In the run folder:
 
     predict.jsonl, predict.verdicts.jsonl         the base model's answers (SSR, S3FT)
@@ -37,7 +39,7 @@ from typing import Callable
 
 import torch
 
-from ssr import judges, lora
+from ssr import judges, llm_judge, lora
 from ssr.runfiles import read_records, write_records
 from ssr.sampling import generate_records, prompt_ids
 from ssr.tasks import TASKS, Example, build_prompt, gold_response, predict_messages
@@ -196,12 +198,13 @@ def sdft_answer(record: dict, example: Example) -> Answer:
 
 
 def cached_answers(model, tok, run_dir, *, batch_size: int = 16, max_new_tokens: int = 512,
-                   workers: int | None = None, quality: bool = True, progress: bool = True,
+                   workers: int | None = None, quality: bool = True, judge=None, progress: bool = True,
                    recipe: str = "project", sampling: dict | None = None) -> Answers:
     """An `answers` function that generates with the base model (adapters off), judges, and keeps both in
     run_dir/{mode}.jsonl and {mode}.verdicts.jsonl; each file resumes where a previous run stopped.
-    sampling: temperature, top_k, top_p, seed (default greedy). The sdft recipe filters its rewrites with
-    `sdft_answer` instead of a judge. Why each answer was not accepted is kept in `answers.rejected[(mode, id)]`."""
+    judge: None for the task's rule judge, else an LLM judge (`llm_judge.make_judge`). sampling: temperature,
+    top_k, top_p, seed (default greedy). The sdft recipe filters its rewrites with `sdft_answer` instead of a
+    judge. Why each answer was not accepted is kept in `answers.rejected[(mode, id)]`."""
     run = Path(run_dir)
 
     def answers(mode: str, examples: list[Example]) -> dict[str, Answer]:
@@ -211,16 +214,20 @@ def cached_answers(model, tok, run_dir, *, batch_size: int = 16, max_new_tokens:
             records = generate_records(model, tok, examples, mode, run / f"{mode}.jsonl", batch_size=batch_size,
                                        max_new_tokens=max_new_tokens, progress=progress, recipe=recipe,
                                        **(sampling or {}))
+        by_id, verdicts_path = {e.id: e for e in examples}, run / f"{mode}.verdicts.jsonl"
         if recipe == "sdft":
             out = {r["id"]: sdft_answer(r, e) for r, e in zip(records, examples)}
         else:
-            verdicts = judges.judge_records({e.id: e for e in examples}, records, run / f"{mode}.verdicts.jsonl",
-                                            workers=workers, progress=progress)
+            if judge is None:
+                verdicts = judges.judge_records(by_id, records, verdicts_path, workers=workers, progress=progress)
+            else:
+                verdicts = llm_judge.judge_records(judge, by_id, records, verdicts_path, progress=progress)
             out = {r["id"]: Answer(r["output"], rejection(r, v, quality)) for r, v in zip(records, verdicts)}
         answers.rejected.update({(mode, id): a.rejected for id, a in out.items() if a.rejected})
         return out
 
     answers.rejected = {}
+    answers.judge = "rule" if judge is None else judge.settings["judge"]
     return answers
 
 
@@ -233,9 +240,9 @@ def build_targets(method: str, examples: list[Example], answers: Answers, run_di
     cached = read_records(path)
     if [r["id"] for r in cached] == [e.id for e in examples]:
         return [Target(r["id"], r["response"], r["source"]) for r in cached]
-    if method != "sft" and examples[0].task not in TASKS:
-        raise ValueError(f"--method {method} needs a judge, which exists for tasks {', '.join(TASKS)}; "
-                         f"these examples are {examples[0].task!r} records (use --method sft)")
+    if method != "sft" and examples[0].task not in TASKS and getattr(answers, "judge", "rule") != "llm":
+        raise ValueError(f"--method {method} needs a judge: a rule judge exists for tasks {', '.join(TASKS)}; "
+                         f"these examples are {examples[0].task!r} records (use --judge llm, or --method sft)")
     targets = CHOOSE[method](examples, {e.id: gold_response(e) for e in examples}, answers)
     rejected = getattr(answers, "rejected", {})
     write_records(path, ({"id": t.id, "messages": build_prompt(e, "train", recipe).messages, "response": t.response,
@@ -259,13 +266,15 @@ def target_stats(run_dir) -> str:
 
 def run_method(method: str, model, tok, examples: list[Example], run_dir, *, lora_settings: lora.LoraSettings,
                train_config: TrainConfig, batch_size: int = 16, max_new_tokens: int = 512, max_len: int = 2048,
-               workers: int | None = None, quality: bool = True, progress: bool = True,
+               workers: int | None = None, quality: bool = True, judge=None, progress: bool = True,
                recipe: str = "project", sampling: dict | None = None) -> Path:
-    """Targets, then LoRA training; returns the adapter folder. Whatever run_dir already holds is reused."""
+    """Targets, then LoRA training; returns the adapter folder. Whatever run_dir already holds is reused.
+    judge: None for the task's rule judge, else an LLM judge (`llm_judge.make_judge`)."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     answers = cached_answers(model, tok, run, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                             workers=workers, quality=quality, progress=progress, recipe=recipe, sampling=sampling)
+                             workers=workers, quality=quality, judge=judge, progress=progress, recipe=recipe,
+                             sampling=sampling)
     targets = build_targets(method, examples, answers, run, recipe)
     print(f"{method} targets: {target_stats(run)}")
     adapter = run / "adapter"

@@ -1,5 +1,6 @@
-"""Tasks: GSM8K, MBPP and NQ-open files in their official JSONL formats, generic chat records, and the
-prompt of every task and mode.
+"""Tasks: GSM8K, MBPP and NQ-open files in their official JSONL formats, SQuAD 2.0 (document-grounded
+questions, some unanswerable), generic chat records, and the prompt of every task and mode, the LLM judge's
+included.
 
 Every loader returns `Example`s with a stable `id`, so that generation, judging and training can be
 resumed and joined by id. GSM8K and NQ-open lines carry no id, so the id is the line's position in its
@@ -13,13 +14,18 @@ MBPP has official splits by task_id (`MBPP_SPLITS`); `load_task(..., split=)` se
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ssr.runfiles import numbered_records
 
-TASKS = ("gsm8k", "mbpp", "nq")
+TASKS = ("gsm8k", "mbpp", "nq", "squad2")  # the tasks with a rule-based judge (ssr/judges.py)
+
+# What the squad2 prompt tells the model to say when the passages do not answer the question; the gold answer
+# of an unanswerable question. SSR's paper does not publish its wording: this one is ours.
+UNANSWERABLE = "The passages do not answer the question."
 
 # MBPP's official splits (Austin et al. 2021; google-research/mbpp/README.md): few-shot prompts, test,
 # validation, train. Training on "test" inflates every MBPP score, so train.py refuses it by name.
@@ -30,19 +36,22 @@ MBPP_SPLITS = {"prompt": range(1, 11), "test": range(11, 511), "validation": ran
 @dataclass
 class Example:
     id: str
-    task: str  # "gsm8k", "mbpp", "nq" or "chat" (generic records)
+    task: str  # "gsm8k", "mbpp", "nq", "squad2" or "chat" (generic records)
     question: str  # what the model is asked (GSM8K question, MBPP text, NQ question)
     gold: str  # the reference answer used as an SFT target
-    answers: list[str] = field(default_factory=list)  # NQ aliases
+    answers: list[str] = field(default_factory=list)  # NQ aliases; squad2 answers ([] = unanswerable)
     tests: list[str] = field(default_factory=list)  # MBPP asserts
     setup: str = ""  # MBPP test_setup_code
     messages: list[dict] | None = None  # generic records: the conversation, gold turn excluded
+    documents: list[str] = field(default_factory=list)  # squad2: the passages the answer must come from
 
 
 def detect_task(row: dict, where: str = "record") -> str:
     """Name the format of one record by its fields."""
     if "task_id" in row and "test_list" in row:
         return "mbpp"
+    if "question" in row and ("documents" in row or "context" in row):
+        return "squad2"
     if "question" in row and isinstance(row.get("answer"), str):
         return "gsm8k"
     if "question" in row and isinstance(row.get("answer"), list):
@@ -51,6 +60,7 @@ def detect_task(row: dict, where: str = "record") -> str:
         return "chat"
     raise ValueError(f"{where}: unknown record format with fields {sorted(row)}; expected GSM8K (question, answer), "
                      "MBPP (task_id, text, code, test_list), NQ-open (question, answer list), "
+                     "grounded QA (id, documents or context, question, answers), "
                      "or chat records (messages, or prompt and response); or name it with --task")
 
 
@@ -59,8 +69,9 @@ def detect_task(row: dict, where: str = "record") -> str:
 STR, STRS, ID = (str,), "list of strings", (str, int)
 FIELDS = {"gsm8k": {"question": STR, "answer": STR},
           "mbpp": {"task_id": ID, "text": STR, "code": STR, "test_list": STRS},
-          "nq": {"question": STR, "answer": STRS}}
-FORMAT = {"gsm8k": "GSM8K", "mbpp": "MBPP", "nq": "NQ-open", "chat": "chat"}
+          "nq": {"question": STR, "answer": STRS},
+          "squad2": {"question": STR, "answers": STRS}}  # answers [] for an unanswerable question
+FORMAT = {"gsm8k": "GSM8K", "mbpp": "MBPP", "nq": "NQ-open", "squad2": "grounded QA", "chat": "chat"}
 
 
 def _check(row: dict, fields: dict, where: str, task: str) -> None:
@@ -119,6 +130,14 @@ def to_example(row: dict, index: int, task: str, where: str = "record") -> Examp
             raise ValueError(f"{where}: field 'answer' is an empty list (an NQ-open record needs at least one alias)")
         return Example(id=str(row.get("id", index)), task="nq", question=row["question"], gold=answers[0],
                        answers=answers)
+    if task == "squad2":
+        documents = row["documents"] if "documents" in row else [row.get("context")]
+        if not isinstance(documents, list) or not documents or \
+                not all(isinstance(d, str) and d.strip() for d in documents):
+            raise ValueError(f"{where}: 'documents' must be a non-empty list of passages (or give one 'context')")
+        answers = list(row["answers"])
+        return Example(id=str(row.get("id", index)), task="squad2", question=row["question"],
+                       gold=answers[0] if answers else UNANSWERABLE, answers=answers, documents=list(documents))
     if task == "chat":
         if "messages" in row:
             messages = _messages(row["messages"], where)
@@ -145,7 +164,12 @@ def load_task(path: str | Path, task: str | None = None, limit: int | None = Non
         raise FileNotFoundError(f"task file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1 (or None for all records), got {limit}")
-    rows = numbered_records(path, partial_tail=False)
+    if path.suffix == ".json":  # SQuAD's official layout (one JSON document: "lines" are question numbers)
+        if task not in (None, "squad2"):
+            raise ValueError(f"{path}: a .json task file is read as SQuAD 2.0's official layout, not as {task!r}")
+        rows, task = list(enumerate(squad_rows(path), 1)), "squad2"
+    else:
+        rows = numbered_records(path, partial_tail=False)
     if not rows:
         raise ValueError(f"{path}: no records")
     task = task or detect_task(rows[0][1], f"{path}:{rows[0][0]}")
@@ -181,6 +205,27 @@ def refuse_test_split(examples: list[Example], where: str) -> None:
                          "(511-600), or pass --allow-test-split to train on the test split anyway")
 
 
+def squad_rows(path: Path) -> list[dict]:
+    """SQuAD 2.0's official JSON ({"version", "data": [{"title", "paragraphs": [{"context", "qas"}]}]}) as
+    plain grounded-QA records {"id", "documents": [context], "question", "answers"}, in the file's order.
+    An `is_impossible` question has `answers: []` (its `plausible_answers` are distractors, never gold)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not SQuAD's official JSON layout {{\"version\", \"data\": [...]}} ({e})") from None
+    rows = []
+    for a, article in enumerate(data):
+        for p, paragraph in enumerate(article["paragraphs"]):
+            for qa in paragraph["qas"]:
+                answers = [] if qa.get("is_impossible") else [x["text"] for x in qa["answers"]]
+                if not qa.get("is_impossible") and not answers:
+                    raise ValueError(f"{path}: question {qa.get('id')!r} (article {a}, paragraph {p}) is not "
+                                     "is_impossible but has no answers")
+                rows.append({"id": qa["id"], "documents": [paragraph["context"]], "question": qa["question"],
+                             "answers": answers})
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------------
 # prompts, one per task and mode
 
@@ -196,6 +241,9 @@ PREDICT = {
     "mbpp": "You are an expert Python programmer, and here is your task: {question} "
             "Your code should pass these tests:\n\n{tests}\n\nWrite the function in a ```python code block.",
     "nq": "Answer the question with a short answer (a few words), without explanation.\n\nQuestion: {question}",
+    # the passages before the question, and the exact sentence to give when they do not answer it
+    "squad2": "Answer the question using only the passages below. If the passages do not contain the answer, "
+              "reply with exactly this sentence: \"{decline}\"\n\n{passages}\n\nQuestion: {question}",
 }
 
 # paraphrase (S3FT): the task and its gold answer; the model restates the gold answer in its own words,
@@ -212,6 +260,10 @@ PARAPHRASE = {
             "tests:\n\n{tests}",
     "nq": "Here is a question and its correct answer.\n\nQuestion: {question}\nCorrect answer: {gold}\n\n"
           "Answer the question in your own words, with a short answer that keeps this answer.",
+    "squad2": "Here are passages, a question about them and its correct answer.\n\n{passages}\n\n"
+              "Question: {question}\nCorrect answer: {gold}\n\nAnswer the question in your own words, in a "
+              "sentence, keeping this answer. If the correct answer is \"{decline}\", reply with exactly that "
+              "sentence.",
     "chat": "Here is a request and a correct response to it.\n\nRequest:\n{question}\n\nResponse:\n{gold}\n\n"
             "Rewrite the response in your own words, keeping everything it says and its final result. "
             "Reply with the rewritten response only.",
@@ -255,6 +307,46 @@ SDFT_TEMPLATES = {
 }
 SDFT_MODE_TEMPLATE = {"train": "gsm8k", "predict": "gsm8k_infer", "rewrite": "gsm8k_distill"}
 RECIPES = ("project", "sdft")
+# judge (the LLM judge, ssr/llm_judge.py): one prompt per kind of task, shown the question (with its passages),
+# the reference answer and the response, and told to end with the verdict word; the parser (llm_judge.
+# parse_verdict) accepts only a line "Verdict: CORRECT" or "Verdict: INCORRECT" (any case). {question} is the
+# task text (for chat records, the last user turn), {reference} the gold answer as shown to the model
+# (clean_gold), {response} the output judged. SSR's and S3FT's judge prompts are not public: these are ours.
+JUDGE_VERDICT = ("Think briefly if you need to, then end your reply with a line that is exactly "
+                 "\"Verdict: CORRECT\" or \"Verdict: INCORRECT\".")
+JUDGE = {
+    "gsm8k": "You are grading a student's solution to a math problem against the reference solution.\n\n"
+             "Problem:\n{question}\n\nReference solution:\n{reference}\n\nStudent's solution:\n{response}\n\n"
+             "The student's solution is CORRECT if its final answer equals the reference's final answer and it "
+             "commits to that one answer; otherwise it is INCORRECT. " + JUDGE_VERDICT,
+    "mbpp": "You are grading a Python function written for a programming task against a reference solution.\n\n"
+            "Task:\n{question}\n\nTests it must pass:\n{tests}\n\nReference solution:\n```python\n{reference}\n"
+            "```\n\nSubmitted answer:\n{response}\n\nThe submission is CORRECT if its code does what the task "
+            "asks and would pass the tests; otherwise it is INCORRECT. " + JUDGE_VERDICT,
+    "nq": "You are grading an answer to a question against the reference answers.\n\nQuestion: {question}\n"
+          "Reference answers (any one is right): {aliases}\n\nResponse: {response}\n\nThe response is CORRECT if "
+          "it gives one of the reference answers (in any wording) and no other answer; otherwise it is INCORRECT. "
+          + JUDGE_VERDICT,
+    "squad2": "You are grading an answer to a question about some passages.\n\n{passages}\n\nQuestion: "
+              "{question}\n\nReference answer: {reference}\n\nResponse: {response}\n\nIf the reference answer is "
+              "\"{decline}\", the response is CORRECT only if it says that the passages do not answer the "
+              "question. Otherwise it is CORRECT if it gives the reference answer (in any wording) and is supported "
+              "by the passages, and INCORRECT if it gives another answer or says the passages do not answer. "
+              + JUDGE_VERDICT,
+    "chat": "You are grading a response to a request against a reference response.\n\nRequest:\n{question}\n\n"
+            "Reference response:\n{reference}\n\nResponse:\n{response}\n\nThe response is CORRECT if it is "
+            "acceptable in place of the reference: it gives the same result or answer and says nothing wrong; "
+            "wording and length may differ. Otherwise it is INCORRECT. " + JUDGE_VERDICT,
+}
+
+
+def judge_messages(example: Example, response: str) -> list[dict]:
+    """The LLM judge's prompt for one response to one example: a single user turn."""
+    text = JUDGE[example.task].format(question=example.question.strip(), passages=passages(example),
+                                      tests="\n".join(example.tests), reference=clean_gold(example),
+                                      aliases="; ".join(example.answers), response=response.strip(),
+                                      decline=UNANSWERABLE)
+    return [{"role": "user", "content": text}]
 
 
 @dataclass
@@ -293,7 +385,8 @@ def build_prompt(example: Example, mode: str, recipe: str = "project") -> Prompt
         return Prompt(asked)
     task = example.task
     fields = dict(question=example.question.strip(), tests="\n".join(example.tests), prompt=asked[-1]["content"],
-                  gold=gold_response(example) if task == "gsm8k" else clean_gold(example))
+                  gold=gold_response(example) if task == "gsm8k" else clean_gold(example),
+                  passages=passages(example), decline=UNANSWERABLE)
     if mode == "paraphrase":
         return Prompt(asked[:-1] + [{"role": "user", "content": PARAPHRASE[task].format(**fields)}])
     text = REWRITE.get(task, REWRITE["other"]).format(**fields)
@@ -306,8 +399,16 @@ def predict_messages(example: Example) -> list[dict]:
         if not example.messages or example.messages[-1]["role"] != "user":
             raise ValueError(f"chat example {example.id}: the prompt must end with a user turn")
         return list(example.messages)
-    text = PREDICT[example.task].format(question=example.question.strip(), tests="\n".join(example.tests))
+    text = PREDICT[example.task].format(question=example.question.strip(), tests="\n".join(example.tests),
+                                        passages=passages(example), decline=UNANSWERABLE)
     return [{"role": "user", "content": text}]
+
+
+def passages(example: Example) -> str:
+    """squad2's documents as the prompt shows them: "Passage:" or "Passage 1:", "Passage 2:", ..."""
+    if len(example.documents) == 1:
+        return f"Passage:\n{example.documents[0].strip()}"
+    return "\n\n".join(f"Passage {i}:\n{d.strip()}" for i, d in enumerate(example.documents, 1))
 
 
 def clean_gold(example: Example) -> str:

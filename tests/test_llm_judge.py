@@ -1,0 +1,290 @@
+"""The LLM judge: strict verdict parsing, the endpoint judge against a real HTTP server (started here, loopback
+only) that answers chat-completion requests with the project's own model, resume after a real SIGKILL, and the
+refusal of another judge's verdict file."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+import judge as judge_cli
+import ssr
+from ssr import llm_judge
+from ssr.llm_judge import UNPARSEABLE, parse_verdict
+from ssr.tasks import Example, clean_gold, judge_messages
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (judge output, expected correct); None: unparseable, which must never be an accept
+PARSE_CASES = [
+    ("Verdict: CORRECT", True),
+    ("Verdict: INCORRECT", False),
+    ("verdict: correct", True),
+    ("VERDICT: Incorrect", False),
+    ("Verdict:CORRECT.", True),
+    ("**Verdict: CORRECT**", True),
+    ("**Verdict:** INCORRECT", False),
+    ("The response names France, as the reference does.\n\nVerdict: CORRECT", True),
+    ("The response says Spain; the reference says France.\nSo it is wrong.\nVerdict: INCORRECT\n", False),
+    ("Verdict: CORRECT\nThe answer matches the reference exactly.", True),  # verdict first, then its reason
+    ("Verdict: CORRECT\n\nVerdict: CORRECT", True),  # repeated, agreeing
+    ("CORRECT", None),  # no verdict line
+    ("The response is correct.", None),
+    ("", None),
+    ("Verdict: CORRECT\nVerdict: INCORRECT", None),  # disagreeing lines
+    ("Verdict: maybe", None),
+    ("Verdict: PARTIALLY CORRECT", None),
+    ("Verdict: CORRECT or INCORRECT", None),
+    ('I must end with "Verdict: CORRECT" or "Verdict: INCORRECT".', None),  # the instruction echoed
+    ("The verdict: correctness cannot be decided", None),
+    ("Verdict: NOT CORRECT", None),
+    ("Verdict: CORRECTLY", None),
+]
+
+
+@pytest.mark.parametrize("text,expected", PARSE_CASES)
+def test_verdict_parsing(text, expected):
+    verdict = parse_verdict(text)
+    if expected is None:
+        assert (verdict.correct, verdict.reason, verdict.kind) == (False, UNPARSEABLE, "unparseable")
+    else:
+        assert verdict.correct is expected and verdict.kind == ("correct" if expected else "incorrect")
+
+
+def test_every_judge_prompt_shows_question_reference_response_and_the_verdict_words():
+    cases = [Example("1", "gsm8k", "Tom has 3 apples and buys 4.", "3 + 4 = <<3+4=7>>7\n#### 7"),
+             Example("2", "mbpp", "Write a function add(a, b).", "def add(a, b):\r\n    return a + b",
+                     tests=["assert add(1, 2) == 3"]),
+             Example("3", "nq", "capital of france", "Paris", answers=["Paris", "Paris, France"]),
+             Example("4", "squad2", "Where is Normandy?", "France", answers=["France"],
+                     documents=["Normandy is a region in France."]),
+             Example("5", "chat", "Say hi politely.", "Hello! How can I help?",
+                     messages=[{"role": "user", "content": "Say hi politely."}])]
+    for e in cases:
+        [message] = judge_messages(e, "  THE RESPONSE  ")
+        text = message["content"]
+        assert message["role"] == "user" and "THE RESPONSE" in text and e.question in text
+        assert '"Verdict: CORRECT"' in text and '"Verdict: INCORRECT"' in text
+        assert ("Paris; Paris, France" if e.task == "nq" else clean_gold(e)) in text
+    assert "<<" not in judge_messages(cases[0], "x")[0]["content"]  # the gold as shown to the model
+    squad = judge_messages(cases[3], "x")[0]["content"]
+    assert squad.index("Normandy is a region") < squad.index("Where is Normandy?")  # passages first
+    assert "assert add(1, 2) == 3" in judge_messages(cases[1], "x")[0]["content"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a real HTTP server speaking the chat-completions protocol
+
+
+class ChatServer:
+    """http.server on 127.0.0.1 (an ephemeral port) answering POST /v1/chat/completions with `answer(body)`."""
+
+    def __init__(self, answer, key=None):
+        self.requests, self.answer, self.key = [], answer, key
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append((self.path, self.headers.get("Authorization"), body))
+                if self.path != "/v1/chat/completions":
+                    return self.reply(404, {"error": "no such path"})
+                if server.key and self.headers.get("Authorization") != f"Bearer {server.key}":
+                    return self.reply(401, {"error": "bad key"})
+                status, content = server.answer(body)
+                self.reply(status, {"object": "chat.completion", "model": body["model"], "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]})
+
+            def reply(self, status, data):
+                raw = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def smol():
+    model = ssr.load_model(ssr.DEFAULT_MODEL)
+    return model, ssr.load_tokenizer(ssr.DEFAULT_MODEL)
+
+
+SQUAD = [Example("a", "squad2", "In what country is Normandy located?", "France", answers=["France"],
+                 documents=["The Normans gave their name to Normandy, a region in France."]),
+         Example("b", "squad2", "Who was the Norse leader?", "Rollo", answers=["Rollo"],
+                 documents=["Norse raiders under their leader Rollo swore fealty to King Charles III."]),
+         Example("c", "squad2", "Who ruled Normandy in 1200?", "The passages do not answer the question.",
+                 documents=["The Normans gave their name to Normandy, a region in France."])]
+RESPONSES = ["Normandy is in France.", "Their leader was Charles III.", "The passages do not answer the question."]
+
+
+def test_endpoint_judge_gives_the_in_process_judges_verdicts(smol, tmp_path, monkeypatch):
+    """The same judge model and prompts, once in process (batched) and once behind a real HTTP endpoint that runs
+    it one request at a time: the same raw texts, so the same verdicts."""
+    model, tok = smol
+
+    def answer(body):
+        ids = tok.apply_chat_template(body["messages"], add_generation_prompt=True)
+        [new] = ssr.generate(model, [ids], max_new_tokens=body["max_tokens"], temperature=body["temperature"],
+                             top_k=0, top_p=1.0, stop_ids=tok.stop_ids, seed=None)
+        return 200, tok.decode(new)
+
+    server = ChatServer(answer, key="sekret")
+    monkeypatch.setenv("SSR_JUDGE_API_KEY", "sekret")
+    try:
+        records = [{"id": e.id, "mode": "predict", "output": r} for e, r in zip(SQUAD, RESPONSES)]
+        examples = {e.id: e for e in SQUAD}
+        local = llm_judge.make_judge("llm", ssr.DEFAULT_MODEL, own=(model, tok, ssr.DEFAULT_MODEL), max_new_tokens=24)
+        remote = llm_judge.make_judge("llm", "smollm", server.url, max_new_tokens=24)
+        mine = llm_judge.judge_records(local, examples, records, tmp_path / "local.jsonl", progress=False)
+        theirs = llm_judge.judge_records(remote, examples, records, tmp_path / "remote.jsonl", progress=False)
+    finally:
+        server.close()
+    assert len(server.requests) == 3 and all(path == "/v1/chat/completions" for path, _, _ in server.requests)
+    assert {auth for _, auth, _ in server.requests} == {"Bearer sekret"}
+    assert [body["messages"] for _, _, body in sorted(server.requests, key=lambda r: r[2]["messages"][0]["content"])] \
+        == sorted([judge_messages(e, r) for e, r in zip(SQUAD, RESPONSES)], key=lambda m: m[0]["content"])
+    assert all(v["judge_output"].strip() for v in mine)  # the model did write something
+    assert [v["judge_output"] for v in theirs] == [v["judge_output"] for v in mine]
+    assert [(v["correct"], v["kind"], v["reason"]) for v in theirs] == [(v["correct"], v["kind"], v["reason"])
+                                                                          for v in mine]
+    assert mine[0]["judge"] == {"judge": "llm", "model": f"self ({ssr.DEFAULT_MODEL})", "url": None,
+                                "max_new_tokens": 24}
+    assert theirs[0]["judge"]["url"] == server.url + "/chat/completions" and theirs[0]["judge_prompt"].startswith("squad2:")
+
+
+def test_endpoint_errors_name_the_url_and_retries_are_bounded(tmp_path):
+    calls = []
+    server = ChatServer(lambda body: (calls.append(1), (503, "busy") if len(calls) < 3 else (200, "Verdict: CORRECT"))[1])
+    try:
+        judge = llm_judge.EndpointJudge(server.url, "m", retries=3, backoff=0.01)
+        assert judge.ask([{"role": "user", "content": "hi"}]) == "Verdict: CORRECT" and len(calls) == 3
+        calls.clear()
+        judge = llm_judge.EndpointJudge(server.url, "m", retries=1, backoff=0.01)
+        with pytest.raises(llm_judge.EndpointError, match=r"127\.0\.0\.1.*HTTP 503.*after 2 attempts"):
+            judge.ask([{"role": "user", "content": "hi"}])
+        assert len(calls) == 2
+        bad = llm_judge.EndpointJudge(server.url.replace("/v1", "/nope"), "m", retries=3, backoff=0.01)
+        with pytest.raises(llm_judge.EndpointError, match=r"/nope/chat/completions: HTTP 404"):  # not retried
+            bad.ask([{"role": "user", "content": "hi"}])
+        port = server.httpd.server_address[1]
+    finally:
+        server.close()
+    gone = llm_judge.EndpointJudge(f"http://127.0.0.1:{port}/v1", "m", retries=1, backoff=0.01, timeout=5)
+    with pytest.raises(llm_judge.EndpointError, match=rf"http://127.0.0.1:{port}/v1/chat/completions"):
+        gone.ask([{"role": "user", "content": "hi"}])
+
+
+def test_a_killed_judge_run_resumes_without_duplicate_or_missing_ids(tmp_path):
+    """judge.py --judge llm against a slow endpoint, SIGKILLed mid-way, then run again to the end."""
+    n = 24
+    task = tmp_path / "task.jsonl"
+    task.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + 1?", "answer": [str(i + 1)]}) + "\n"
+                            for i in range(n)))
+    predictions = tmp_path / "pred.jsonl"
+    predictions.write_text("".join(json.dumps({"id": f"q{i}", "mode": "predict", "output": str(i + (i % 3 > 0))})
+                                   + "\n" for i in range(n)))
+
+    def answer(body):  # the "judge" compares the numbers it is shown, slowly
+        time.sleep(0.05)
+        text = body["messages"][0]["content"]
+        said = text.split("Response: ")[1].split("\n")[0]
+        gold = text.split("Reference answers (any one is right): ")[1].split("\n")[0]
+        return 200, f"Comparing {said} with {gold}.\nVerdict: {'CORRECT' if said == gold else 'INCORRECT'}"
+
+    server = ChatServer(answer)
+    out = tmp_path / "verdicts.jsonl"
+    cmd = [sys.executable, str(ROOT / "judge.py"), "--task-file", str(task), "--predictions", str(predictions),
+           "--out", str(out), "--judge", "llm", "--judge-url", server.url, "--judge-model", "m"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    try:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if out.exists() and 0 < len(out.read_text().splitlines()) < n:
+                break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        first = [json.loads(line)["id"] for line in out.read_text().splitlines() if line.strip()]
+        assert 0 < len(first) < n, f"the kill did not land mid-way ({len(first)} verdicts)"
+        asked = len(server.requests)
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.close()
+    verdicts = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(v["id"] for v in verdicts) == sorted(f"q{i}" for i in range(n))  # each id once
+    assert len(server.requests) - asked <= n - len(first) + 8  # what was judged is not asked again (a chunk in flight)
+    assert all(v["correct"] == (int(v["id"][1:]) % 3 != 0) for v in verdicts)
+    assert all(v["judge_output"].startswith("Comparing") and v["judge"]["url"] for v in verdicts)
+    assert "16/24 correct" in done.stdout
+
+
+def test_another_judge_is_refused_by_name(tmp_path, capsys):
+    examples = {"1": Example("1", "nq", "q", "Paris", answers=["Paris"])}
+    records = [{"id": "1", "mode": "predict", "output": "Paris"}]
+    out = tmp_path / "v.jsonl"
+
+    class Canned:
+        def complete(self, conversations):
+            return ["Verdict: CORRECT"] * len(conversations)
+
+    first = llm_judge.make_judge("llm", "judge-a", "http://127.0.0.1:9/v1")
+    first.complete = Canned().complete
+    assert llm_judge.judge_records(first, examples, records, out, progress=False)[0]["correct"]
+    second = llm_judge.make_judge("llm", "judge-b", "http://127.0.0.1:9/v1")
+    with pytest.raises(ValueError, match="another judge.*'judge-a'.*this judge is.*'judge-b'"):
+        llm_judge.judge_records(second, examples, records, out, progress=False)
+    # a verdict file of the rule judge is not continued by an LLM judge either
+    rule_file = tmp_path / "rule.jsonl"
+    rule_file.write_text(json.dumps({"id": "1", "mode": "predict", "correct": True, "kind": "match"}) + "\n")
+    with pytest.raises(ValueError, match="the rule judge"):
+        llm_judge.judge_records(second, examples, records + [{"id": "1", "mode": "x", "output": "P"}], rule_file,
+                                progress=False)
+    # judge.py: the settings beside --out name the judge that made them
+    task = tmp_path / "t.jsonl"
+    task.write_text(json.dumps({"question": "q", "answer": ["Paris"]}) + "\n")
+    pred = tmp_path / "p.jsonl"
+    pred.write_text(json.dumps({"id": "0", "mode": "predict", "output": "Paris"}) + "\n")
+    args = ["--task-file", str(task), "--predictions", str(pred), "--out", str(tmp_path / "j.jsonl")]
+    assert judge_cli.main(args) == 0  # the rule judge
+    assert judge_cli.main(args + ["--judge", "llm", "--judge-url", "http://127.0.0.1:9/v1", "--judge-model", "x"]) == 1
+    assert "judge: None -> {'judge': 'llm'" in capsys.readouterr().err
+
+
+def test_both_must_accept(tmp_path):
+    examples = {"1": Example("1", "nq", "q", "Paris", answers=["Paris"]),
+                "2": Example("2", "nq", "q", "Paris", answers=["Paris"])}
+    records = [{"id": "1", "mode": "predict", "output": "Paris"}, {"id": "2", "mode": "predict", "output": "Lyon"}]
+    judge = llm_judge.make_judge("both", "j", "http://127.0.0.1:9/v1")
+    judge.complete = lambda conversations: ["Verdict: CORRECT"] * len(conversations)  # a lenient judge
+    first, second = llm_judge.judge_records(judge, examples, records, tmp_path / "v.jsonl", progress=False)
+    assert first["correct"] and first["rule"]["correct"]
+    assert not second["correct"] and second["kind"] == "rule: no match" and second["judge_output"] == "Verdict: CORRECT"
+
+
+def test_self_judge_needs_the_trained_model_and_a_url_needs_a_model_name():
+    with pytest.raises(ValueError, match="model being trained"):
+        llm_judge.make_judge("llm", "self")
+    with pytest.raises(ValueError, match="--judge-url needs --judge-model"):
+        llm_judge.make_judge("llm", "self", "http://127.0.0.1:9/v1")
+    assert llm_judge.make_judge("rule", "anything") is None
