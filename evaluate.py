@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 import ssr
-from ssr import evaluation, judges, lora
+from ssr import distributed, evaluation, judges, lora
 from ssr.checkpoint import device_and_dtype
 from ssr.evaluation import PRIMARY, TARGET_FILES, drop_table, markdown_table, primary_score, run_benchmarks, \
     target_examples
@@ -108,6 +108,7 @@ def main(argv=None) -> int:
         p.error("--out is required (or --compare)")
     tasks = parse_tasks(args.tasks, args.data_dir)
     device, dtype = device_and_dtype(args.device, args.dtype)
+    device = distributed.init(device)  # under torchrun: join the other ranks (docs/distributed.md)
     settings = {"model": str(args.model), "adapter": args.adapter, "limit": args.limit, "dtype": str(dtype),
                 "max_new_tokens": args.max_new_tokens, "nq_mode": args.nq_mode}
     items = {}

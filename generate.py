@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 import ssr
+from ssr import distributed
 from ssr.checkpoint import device_and_dtype
 from ssr.runfiles import check_settings
 from ssr.sampling import generate_records
@@ -52,11 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     examples = load_task(args.task_file, args.task, args.limit)
     device, dtype = device_and_dtype(args.device, args.dtype)
     try:  # what shapes the outputs must not change between the runs that append to --out
-        check_settings(Path(args.out).with_suffix(".settings.json"), {
-            "model": str(args.model), "adapter": args.adapter, "task_file": str(Path(args.task_file).resolve()),
-            "dtype": str(dtype), "chat_template": args.chat_template, "max_new_tokens": args.max_new_tokens,
-            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
-            "stop": args.stop}, args.out)
+        device = distributed.init(device)  # under torchrun: join the other ranks (docs/distributed.md)
+        with distributed.main_first():
+            check_settings(Path(args.out).with_suffix(".settings.json"), {
+                "model": str(args.model), "adapter": args.adapter, "task_file": str(Path(args.task_file).resolve()),
+                "dtype": str(dtype), "chat_template": args.chat_template, "max_new_tokens": args.max_new_tokens,
+                "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+                "stop": args.stop}, args.out)
     except ValueError as e:
         p.error(str(e))
     model = ssr.load_model(args.model, dtype=dtype, device=device)

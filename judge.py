@@ -15,7 +15,9 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from ssr import judges
+import torch
+
+from ssr import distributed, judges
 from ssr.runfiles import check_settings, read_records
 from ssr.tasks import TASKS, load_task
 
@@ -51,10 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     task = next(iter(examples.values())).task
     if task not in TASKS:
         parser.error(f"{args.task_file} holds {task!r} records; rule-based judges exist for {', '.join(TASKS)}")
+    distributed.init(torch.device("cpu"))  # under torchrun (gloo): the ranks share the answers to judge
     try:  # verdicts of other predictions, or judged another way, must not be mixed into --out
-        check_settings(Path(args.out).with_suffix(".settings.json"), {
-            "task_file": str(Path(args.task_file).resolve()), "predictions": str(Path(args.predictions).resolve()),
-            "nq_mode": args.nq_mode, "timeout": args.timeout}, args.out)
+        with distributed.main_first():
+            check_settings(Path(args.out).with_suffix(".settings.json"), {
+                "task_file": str(Path(args.task_file).resolve()),
+                "predictions": str(Path(args.predictions).resolve()), "nq_mode": args.nq_mode,
+                "timeout": args.timeout}, args.out)
     except ValueError as e:
         parser.error(str(e))
     predictions = read_records(args.predictions)

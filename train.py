@@ -15,6 +15,7 @@ running the same command again continues an interrupted run, or does nothing if 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 
 import ssr
 import demo
-from ssr import lora, methods
+from ssr import distributed, lora, methods
 from ssr.checkpoint import device_and_dtype
 from ssr.methods import run_method
 from ssr.runfiles import check_settings
@@ -85,6 +86,9 @@ def parse_args(argv):
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] == "--demo":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            print("error: the demo runs in one process; launch it without torchrun", file=sys.stderr)
+            return 1
         return demo.main(argv[1:])
     parser, args = parse_args(argv)
     if not args.data or not args.out:
@@ -97,15 +101,18 @@ def main(argv=None) -> int:
     device, dtype = device_and_dtype(args.device, args.dtype)
 
     try:
+        device = distributed.init(device)  # under torchrun: join the other ranks (docs/distributed.md)
         examples = load_task(args.data, args.task, args.limit)
         out = Path(args.out)
         # What decides the targets must not change within a run folder (the trainer checks its own settings).
-        check_settings(out / "run.json", {"method": args.method, "model": str(args.model),
-                                          "data": str(Path(args.data).resolve()), "limit": args.limit,
-                                          "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings),
-                                          "max_len": args.max_len, "quality_rule": not args.keep_answer_only,
-                                          "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}},
-                       str(out))
+        with distributed.main_first():
+            check_settings(out / "run.json", {"method": args.method, "model": str(args.model),
+                                              "data": str(Path(args.data).resolve()), "limit": args.limit,
+                                              "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings),
+                                              "max_len": args.max_len, "quality_rule": not args.keep_answer_only,
+                                              "train": {k: v for k, v in asdict(cfg).items()
+                                                        if k not in RESUMABLE_CHANGES}},
+                           str(out))
         tok = ssr.load_tokenizer(args.model)
         model = ssr.load_model(args.model, dtype=dtype, device=device)
         adapter = run_method(args.method, model, tok, examples, out, lora_settings=lora_settings, train_config=cfg,
@@ -115,7 +122,7 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"adapter: {adapter}")
-    if args.save_merged:
+    if args.save_merged and distributed.is_main():
         if not lora.lora_modules(model):  # the run had finished before: put its adapter on the fresh model
             lora.load_adapter(model, adapter)
         hf = model.hf_config

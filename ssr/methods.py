@@ -30,7 +30,7 @@ from typing import Callable
 
 import torch
 
-from ssr import judges, lora
+from ssr import distributed, judges, lora
 from ssr.runfiles import read_records, write_records
 from ssr.sampling import generate_records
 from ssr.tasks import TASKS, Example, gold_response, predict_messages
@@ -149,9 +149,12 @@ def build_targets(method: str, examples: list[Example], answers: Answers, run_di
                          f"these examples are {examples[0].task!r} records (use --method sft)")
     targets = CHOOSE[method](examples, {e.id: gold_response(e) for e in examples}, answers)
     rejected = getattr(answers, "rejected", {})
-    write_records(path, ({"id": t.id, "messages": predict_messages(e), "response": t.response, "source": t.source,
-                          "rejected": {mode: why for (mode, id), why in rejected.items() if id == e.id}}
-                         for e, t in zip(examples, targets)))
+    if distributed.is_main():  # every rank chose the same targets; one writes them
+        write_records(path, ({"id": t.id, "messages": predict_messages(e), "response": t.response,
+                              "source": t.source, "rejected": {mode: why for (mode, id), why in rejected.items()
+                                                               if id == e.id}}
+                             for e, t in zip(examples, targets)))
+    distributed.barrier()
     return targets
 
 
