@@ -9,7 +9,8 @@ step is a pure function of the sample lengths and the seed, and the learning rat
 the step number alone says where a run stands. The trap avoided: a resumed run that silently differs
 from an uninterrupted one. A checkpoint (swapped in atomically) holds the adapter, AdamW's state and
 torch's RNG (LoRA dropout draws from it); the metrics file is cut back to its step; and a resume with
-other data or settings is refused.
+other data or settings is refused. Under torchrun (ssr/distributed.py) each step's micro-batches are
+dealt to the ranks and their LoRA gradients summed: the same steps as one process (see `train_step`).
 
 Outputs under out_dir: metrics.jsonl (one line a step), checkpoint/ (the latest), adapter/ (the final one).
 """

@@ -57,9 +57,14 @@ def test_generate_and_evaluate_equal_one_process(setup, tmp_path):
     model, sums = str(setup / "model"), str(setup / "sums.jsonl")
     common = ["--model", model, "--task-file", sums, "--max-new-tokens", "8", "--batch-size", "3", "--quiet"]
     assert generate.main(common + ["--out", str(tmp_path / "one.jsonl")]) == 0
+    one = read_records(tmp_path / "one.jsonl")
+    # as if an interrupted run (of 4 ranks) had left parts: what they hold is kept, a killed writer's half line not
+    kept = [dict(r, output="kept") for r in one[2:5]]
+    (tmp_path / "two.rank3.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept[:2]) + '{"id": "9", "mo')
+    (tmp_path / "two.rank0.jsonl").write_text(json.dumps(kept[2]) + "\n")
     torchrun("generate.py", *common, "--out", str(tmp_path / "two.jsonl"))
-    one, two = read_records(tmp_path / "one.jsonl"), read_records(tmp_path / "two.jsonl")
-    assert len(one) == len(QUESTIONS) and two == one  # ids, outputs, order
+    two = read_records(tmp_path / "two.jsonl")
+    assert len(one) == len(QUESTIONS) and two == one[:2] + kept + one[5:]  # ids, outputs, order
     assert sorted(os.listdir(tmp_path)) == ["one.jsonl", "one.settings.json", "two.jsonl", "two.settings.json"]
 
     common = ["--model", model, "--tasks", f"arc_easy,sums={sums}", "--data-dir", str(setup / "data"),
@@ -68,7 +73,8 @@ def test_generate_and_evaluate_equal_one_process(setup, tmp_path):
     torchrun("evaluate.py", *common, "--out", str(tmp_path / "eval2.json"))
     one, two = (json.loads((tmp_path / f"eval{n}.json").read_text()) for n in (1, 2))
     assert two == one and one["results"]["arc_easy"]["n"] == 3 and one["results"]["sums"]["n"] == len(QUESTIONS)
-    assert read_records(tmp_path / "eval2.sums.predictions.jsonl") == read_records(tmp_path / "eval1.sums.predictions.jsonl")
+    predictions = [read_records(tmp_path / f"eval{n}.sums.predictions.jsonl") for n in (1, 2)]
+    assert predictions[0] == predictions[1]
     # one process appends verdicts as its judging threads finish them: compare them by id
     verdicts = [sorted(read_records(tmp_path / f"eval{n}.sums.verdicts.jsonl"), key=lambda v: v["id"]) for n in (1, 2)]
     assert verdicts[0] == verdicts[1] and len(verdicts[0]) == len(QUESTIONS)
