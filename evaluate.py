@@ -26,9 +26,8 @@ import sys
 from pathlib import Path
 
 import ssr
-from ssr import cli, evaluation, judges, llm_judge, lora
+from ssr import cli, distributed, evaluation, judges, llm_judge, lora
 from ssr.checkpoint import device_and_dtype, read_json
-from ssr.runfiles import hold_lock
 from ssr.sampling import check_prompts
 from ssr.tasks import MBPP_SPLITS
 from ssr.tokenizer import TEMPLATES
@@ -147,6 +146,7 @@ def run(argv: list[str]) -> int:
     if not tasks:
         raise ValueError("--tasks names no benchmark")
     device, dtype = device_and_dtype(args.device, args.dtype)
+    device = distributed.init(device)  # under torchrun: join the other ranks (docs/distributed.md)
     settings = {"model": str(args.model), "adapter": args.adapter, "limit": args.limit, "split": args.split,
                 "dtype": str(dtype),
                 "max_new_tokens": args.max_new_tokens, "nq_mode": args.nq_mode}
@@ -174,7 +174,7 @@ def run(argv: list[str]) -> int:
                                  max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size,
                                  device=device, dtype=dtype)
 
-    with hold_lock(args.out):
+    with distributed.hold_lock(args.out):
         try:
             results = run_benchmarks(model, tok, items, args.out, settings, batch_size=args.batch_size,
                                      max_new_tokens=args.max_new_tokens, batch_tokens=args.batch_tokens,

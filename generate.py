@@ -19,9 +19,9 @@ from collections import Counter
 from pathlib import Path
 
 import ssr
-from ssr import cli
+from ssr import cli, distributed
 from ssr.checkpoint import device_and_dtype
-from ssr.runfiles import check_settings, hold_lock, read_records
+from ssr.runfiles import check_settings, read_records
 from ssr.sampling import check_prompts, generate_records
 from ssr.tasks import MBPP_SPLITS, MODES, TASKS, load_task
 from ssr.tokenizer import TEMPLATES
@@ -64,6 +64,7 @@ def run(argv: list[str]) -> int:
     # every input is read and checked before anything is written
     examples = load_task(args.task_file, args.task, args.limit, args.split)
     device, dtype = device_and_dtype(args.device, args.dtype)
+    device = distributed.init(device)  # under torchrun: join the other ranks (docs/distributed.md)
     model = ssr.load_model(args.model, dtype=dtype, device=device)
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
     cli.require_chat_template(tok, args.model)
@@ -75,13 +76,13 @@ def run(argv: list[str]) -> int:
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder; give a JSONL file name")
 
-    with hold_lock(out):
-        # what shapes the outputs must not change between the runs that append to --out
-        check_settings(out.with_suffix(".settings.json"), {
-            "model": str(args.model), "adapter": args.adapter, "task_file": str(Path(args.task_file).resolve()),
-            "dtype": str(dtype), "chat_template": args.chat_template, "max_new_tokens": args.max_new_tokens,
-            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
-            "stop": args.stop}, str(out))
+    with distributed.hold_lock(out):
+        with distributed.main_first():  # what shapes the outputs must not change between runs appending to --out
+            check_settings(out.with_suffix(".settings.json"), {
+                "model": str(args.model), "adapter": args.adapter, "task_file": str(Path(args.task_file).resolve()),
+                "dtype": str(dtype), "chat_template": args.chat_template, "max_new_tokens": args.max_new_tokens,
+                "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
+                "stop": args.stop}, str(out))
         try:
             records = generate_records(model, tok, examples, args.mode, out, batch_size=args.batch_size,
                                        max_new_tokens=args.max_new_tokens, temperature=args.temperature,

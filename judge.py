@@ -20,9 +20,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import ssr
-from ssr import cli, judges, llm_judge
+from ssr import cli, distributed, judges, llm_judge
 from ssr.checkpoint import device_and_dtype
-from ssr.runfiles import check_settings, hold_lock, numbered_records, read_records
+from ssr.runfiles import check_settings, numbered_records, read_records
 from ssr.tasks import TASKS, load_task
 
 
@@ -107,13 +107,14 @@ def run(argv: list[str]) -> int:
         settings["judge"] = {"judge": args.judge, "model": args.judge_model, "url": args.judge_url,
                              "max_new_tokens": args.judge_max_new_tokens}
     device, dtype = device_and_dtype(args.device)
+    device = distributed.init(device)  # under torchrun: the ranks share the answers to judge
     judge = llm_judge.make_judge(args.judge, args.judge_model, args.judge_url,
                                  max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size,
                                  device=device, dtype=dtype)
 
-    with hold_lock(out):
-        # verdicts of other predictions, or judged another way, must not be mixed into --out
-        check_settings(out.with_suffix(".settings.json"), settings, str(out))
+    with distributed.hold_lock(out):
+        with distributed.main_first():  # verdicts of other predictions, or judged another way, are never mixed in
+            check_settings(out.with_suffix(".settings.json"), settings, str(out))
         try:
             if judge is None:
                 verdicts = judges.judge_records(examples, known, out, workers=args.workers, nq_mode=args.nq_mode,

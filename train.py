@@ -1,6 +1,6 @@
 """Fine-tune with LoRA on targets chosen by one of four methods: sft, ssr, s3ft, sdft.
 
-    python train.py                     # the CPU demo: SFT vs SSR on SmolLM2-135M-Instruct (ssr/demo.py)
+    python train.py                     # the CPU demo: SFT vs SSR on SmolLM2-135M-Instruct (demo.py)
     python train.py --method ssr --task gsm8k --data ../shared/data/gsm8k/train.jsonl \\
         --model smollm2-135m-instruct --out runs/gsm8k-ssr --limit 200
 
@@ -29,10 +29,10 @@ import torch
 
 import ssr
 import demo
-from ssr import cli, llm_judge, lora, methods, trainer
+from ssr import cli, distributed, llm_judge, lora, methods, trainer
 from ssr.checkpoint import device_and_dtype
 from ssr.methods import run_method
-from ssr.runfiles import check_settings, hold_lock
+from ssr.runfiles import check_settings
 from ssr.sampling import check_prompts
 from ssr.tasks import MBPP_SPLITS, RECIPES, TASKS, load_task, refuse_test_split
 from ssr.tokenizer import TEMPLATES
@@ -128,6 +128,8 @@ def parse_args(argv):
 
 def run(argv: list[str]) -> int:
     if not argv or argv[0] == "--demo":
+        if distributed.launched():
+            raise ValueError("the demo runs in one process; launch it without torchrun")
         return demo.main(argv[1:])
     parser, args = parse_args(argv)
     if not args.data or not args.out:
@@ -152,6 +154,7 @@ def run(argv: list[str]) -> int:
                       checkpointing=args.gradient_checkpointing, bf16=not args.no_bf16_autocast)
     lora_settings = lora.LoraSettings(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_modules)
     device, dtype = device_and_dtype(args.device, args.dtype)
+    device = distributed.init(device)  # under torchrun: join the other ranks (docs/distributed.md)
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
     cli.require_chat_template(tok, args.model)
     model = ssr.load_model(args.model, dtype=dtype, device=device)
@@ -169,19 +172,17 @@ def run(argv: list[str]) -> int:
         "judge": args.judge, "model": args.judge_model, "url": args.judge_url,
         "max_new_tokens": args.judge_max_new_tokens}}
 
-    with hold_lock(out):
+    with distributed.hold_lock(out):
         # What decides the targets and the training must not change within a run folder, finished or not.
-        check_settings(out / "run.json", {"method": args.method, "model": str(args.model),
-                                          "data": str(Path(args.data).resolve()), "limit": args.limit,
-                                          "split": args.split, "recipe": recipe, "chat_template": args.chat_template,
-                                          "sampling": {"do_sample": args.temperature > 0, **sampling,
-                                                       "max_new_tokens": args.max_new_tokens},
-                                          "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings),
-                                          "max_len": args.max_len, "loss": trainer.loss_identity(),
-                                          "quality_rule": quality,
-                                          "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES},
-                                          **judged_by},
-                       str(out))
+        with distributed.main_first():
+            check_settings(out / "run.json", {
+                "method": args.method, "model": str(args.model), "data": str(Path(args.data).resolve()),
+                "limit": args.limit, "split": args.split, "recipe": recipe, "chat_template": args.chat_template,
+                "sampling": {"do_sample": args.temperature > 0, **sampling, "max_new_tokens": args.max_new_tokens},
+                "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings), "max_len": args.max_len,
+                "loss": trainer.loss_identity(), "quality_rule": quality,
+                "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}, **judged_by},
+                str(out))
         try:
             adapter = run_method(args.method, model, tok, examples, out, lora_settings=lora_settings,
                                  train_config=cfg, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
@@ -191,7 +192,7 @@ def run(argv: list[str]) -> int:
             raise cli.Interrupted(f"the generations, verdicts and last checkpoint so far are kept in {out}; rerun "
                                   "the same command to continue") from None
         print(f"adapter: {adapter}")
-        if args.save_merged:
+        if args.save_merged and distributed.is_main():
             if not lora.lora_modules(model):  # the run had finished before: put its adapter on the fresh model
                 lora.load_adapter(model, adapter)
             hf = model.hf_config

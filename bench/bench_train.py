@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ssr  # noqa: E402
 from ssr import lora  # noqa: E402
-from ssr.trainer import train_step  # noqa: E402
+from ssr.trainer import Batch, train_step  # noqa: E402
 
 SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                     num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, rms_norm_eps=1e-5,
@@ -66,7 +66,7 @@ def main():
     labels = torch.where(mask.bool(), ids, -100)  # transformers shifts labels itself
 
     def step_ours():
-        return train_step(ours, opt_ours, [(ids, mask)], lr=1e-4, max_grad_norm=1.0, amp=amp)["loss"]
+        return train_step(ours, opt_ours, [Batch(ids, mask)], lr=1e-4, max_grad_norm=1.0, amp=amp)["loss"]
 
     def step_theirs():
         with amp:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ssr import judges, llm_judge, tasks
+from ssr import distributed, judges, llm_judge, tasks
 from ssr.runfiles import check_settings, read_records, write_atomic
 from ssr.sampling import generate_records
 from ssr.tasks import TASKS, load_task
@@ -164,12 +164,18 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_tok
         raise ValueError("a context must have at least one token (a BOS, or some text)")
     device = model.lm_head.weight.device
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i][0]) - len(requests[i][1]))
-    scores = [0.0] * len(requests)
-    bar = tqdm(total=len(requests), desc=desc, disable=not progress, unit="choice")
-    start = 0
+    batches, start = [], 0
     while start < len(order):
         longest = len(requests[order[start]][0]) + len(requests[order[start]][1])
-        batch = order[start:start + max(1, batch_tokens // longest)]
+        batches.append((order[start:start + max(1, batch_tokens // longest)], longest))
+        start += len(batches[-1][0])
+    # under torchrun the ranks take turns at these batches (each one scored exactly as in one process), and
+    # the scores are summed over the ranks: each rank fills in its own, the others' are 0
+    rank, world = distributed.rank(), distributed.world()
+    scores = torch.zeros(len(requests), dtype=torch.float64)
+    bar = tqdm(total=len(requests), desc=desc, disable=not (progress and rank == 0), unit="choice")
+    for b in range(rank, len(batches), world):
+        batch, longest = batches[b]
         ids = torch.zeros(len(batch), longest, dtype=torch.long)
         for row, i in enumerate(batch):
             seq = requests[i][0] + requests[i][1]
@@ -181,10 +187,9 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_tok
             logits = model.lm_head(hidden[row, len(ctx) - 1:len(ctx) + len(cont) - 1]).float()  # (len(cont), V)
             target = torch.tensor(cont, device=device)
             scores[i] = F.log_softmax(logits, -1).gather(-1, target[:, None]).sum().item()
-        bar.update(len(batch))
-        start += len(batch)
+        bar.update(sum(len(rows) for rows, _ in batches[b:b + world]))  # rank 0's and, as an estimate, the others'
     bar.close()
-    return scores
+    return distributed.all_sum_tensor(scores).tolist()
 
 
 def score_questions(model, tok, questions: list[MCQuestion], **kwargs) -> dict:
@@ -349,7 +354,8 @@ def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, ba
     out_path = Path(out_path)
     stem = out_path.with_suffix("")
     # before anything is generated: the predictions beside out_path belong to these settings only
-    check_settings(f"{stem}.settings.json", settings, str(out_path))
+    with distributed.main_first():  # one writer under torchrun
+        check_settings(f"{stem}.settings.json", settings, str(out_path))
     results = json.loads(out_path.read_text()).get("results", {}) if out_path.is_file() else {}
     for name, items in benchmarks.items():
         if name in results:
@@ -360,5 +366,6 @@ def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, ba
             results[name] = score_generations(model, tok, items, f"{stem}.{name}", batch_size=batch_size,
                                               max_new_tokens=max_new_tokens, nq_mode=nq_mode, judge=judge,
                                               progress=progress)
-        write_atomic(out_path, json.dumps({"settings": settings, "results": results}, indent=2))
+        if distributed.is_main():
+            write_atomic(out_path, json.dumps({"settings": settings, "results": results}, indent=2))
     return {name: results[name] for name in benchmarks}

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from ssr import sandbox
+from ssr import distributed, sandbox
 from ssr.runfiles import append_records, read_records
 from ssr.tasks import UNANSWERABLE, Example
 
@@ -564,17 +564,22 @@ def judge_records(examples: dict[str, Example], records: Sequence[dict], out_pat
         raise KeyError(f"{len(unknown)} record(s) have ids that are not in the task (e.g. {unknown[0]!r})")
     key = lambda r: (str(r["id"]), r.get("mode"))  # noqa: E731
     done = {key(v) for v in read_records(out_path)}
-    todo = list({key(r): r for r in records if key(r) not in done}.values())
+    pending = list({key(r): r for r in records if key(r) not in done}.values())
+    # under torchrun: what no rank's part file holds yet, dealt round-robin to the ranks
+    in_parts = {key(v) for v in distributed.part_records(out_path)}
+    todo = [r for r in pending if key(r) not in in_parts][distributed.rank()::distributed.world()]
     verdicts = judge_iter([examples[str(r["id"])] for r in todo], [r["output"] for r in todo], **options)
-    with tqdm(total=len(todo), desc="judging", unit="answer", disable=not progress) as bar:
+    with tqdm(total=len(todo) * distributed.world(), desc="judging", unit="answer",  # rank 0's count x ranks
+              disable=not (progress and distributed.is_main())) as bar:
         def finished():
             for i, verdict in verdicts:
-                bar.update()
+                bar.update(distributed.world())
                 example = examples[str(todo[i]["id"])]
                 yield {"id": example.id, "mode": todo[i].get("mode"), "task": example.task,
                        "correct": verdict.correct, "kind": verdict.kind, "reason": verdict.reason,
                        "unfit": unfit_target(example.task, todo[i]["output"])}
-        append_records(out_path, finished())
+        append_records(distributed.own_part(out_path), finished())
+    distributed.merge_parts(out_path, [key(r) for r in pending], key)
     by_key = {key(v): v for v in read_records(out_path)}
     return [by_key[key(r)] for r in records]
 

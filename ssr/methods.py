@@ -39,7 +39,7 @@ from typing import Callable
 
 import torch
 
-from ssr import judges, llm_judge, lora
+from ssr import distributed, judges, llm_judge, lora
 from ssr.runfiles import read_records, write_records
 from ssr.sampling import generate_records, prompt_ids
 from ssr.tasks import TASKS, Example, build_prompt, gold_response, predict_messages
@@ -245,10 +245,12 @@ def build_targets(method: str, examples: list[Example], answers: Answers, run_di
                          f"these examples are {examples[0].task!r} records (use --judge llm, or --method sft)")
     targets = CHOOSE[method](examples, {e.id: gold_response(e) for e in examples}, answers)
     rejected = getattr(answers, "rejected", {})
-    write_records(path, ({"id": t.id, "messages": build_prompt(e, "train", recipe).messages, "response": t.response,
-                          "source": t.source,
-                          "rejected": {mode: why for (mode, id), why in rejected.items() if id == e.id}}
-                         for e, t in zip(examples, targets)))
+    if distributed.is_main():  # every rank chose the same targets; one writes them
+        write_records(path, ({"id": t.id, "messages": build_prompt(e, "train", recipe).messages,
+                              "response": t.response, "source": t.source,
+                              "rejected": {mode: why for (mode, id), why in rejected.items() if id == e.id}}
+                             for e, t in zip(examples, targets)))
+    distributed.barrier()
     return targets
 
 

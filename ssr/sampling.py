@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from ssr import tasks
+from ssr import distributed, tasks
 from ssr.model import KVCache, Transformer
 from ssr.runfiles import append_records, read_records
 
@@ -255,23 +255,31 @@ def generate_records(model, tok, examples: list[tasks.Example], mode: str, out_p
     """
     if mode not in tasks.MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(tasks.MODES)}")
-    done = {(r["id"], r.get("mode")) for r in read_records(out_path)}
-    prompts = [(ex, tasks.build_prompt(ex, mode, recipe)) for ex in examples if (ex.id, mode) not in done]
-    todo = sorted(((prompt_ids(tok, p), ex, p) for ex, p in prompts), key=lambda item: -len(item[0]))
-    check_context(model, [(ex.id, len(ids)) for ids, ex, _ in todo], max_new_tokens)
+    key = lambda r: (r["id"], r.get("mode"))  # noqa: E731
+    done = {key(r) for r in read_records(out_path)}
+    pending = [(ex, tasks.build_prompt(ex, mode, recipe)) for ex in examples if (ex.id, mode) not in done]
+    pending = sorted(((prompt_ids(tok, p), ex, p) for ex, p in pending), key=lambda item: -len(item[0]))
+    check_context(model, [(ex.id, len(ids)) for ids, ex, _ in pending], max_new_tokens)
+    # under torchrun: what is left after every rank's part file, the same batches as one process would make,
+    # dealt round-robin to the ranks (a batch's greedy ids are then those of the one-process run)
+    in_parts = {key(r) for r in distributed.part_records(out_path)}
+    todo = [item for item in pending if (item[1].id, mode) not in in_parts]
+    batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    rank, world = distributed.rank(), distributed.world()
 
-    generator = None if seed is None else torch.Generator(model.lm_head.weight.device).manual_seed(seed)
+    generator = None if seed is None else torch.Generator(model.lm_head.weight.device).manual_seed(seed + rank)
     new_tokens, start = 0, time.perf_counter()
-    with tqdm(total=len(todo), desc=mode, unit="ex", disable=not progress) as bar:
-        for i in range(0, len(todo), batch_size):
-            batch = todo[i:i + batch_size]
+    with tqdm(total=len(todo), desc=mode, unit="ex", disable=not (progress and rank == 0)) as bar:
+        for b in range(rank, len(batches), world):
+            batch = batches[b]
             completions = complete(model, [ids for ids, _, _ in batch], max_new_tokens, temperature, top_k, top_p,
                                    tok.stop_ids, generator=generator, stop_strings=stop_strings, tokenizer=tok)
-            append_records(out_path, [_record(tok, mode, ids, ex, prompt, c, stop_strings)
-                                      for (ids, ex, prompt), c in zip(batch, completions)])
+            append_records(distributed.own_part(out_path), [_record(tok, mode, ids, ex, prompt, c, stop_strings)
+                                                            for (ids, ex, prompt), c in zip(batch, completions)])
             new_tokens += sum(len(c.tokens) for c in completions)
-            bar.update(len(batch))
-            bar.set_postfix_str(f"{new_tokens / (time.perf_counter() - start):.1f} tok/s")
+            bar.update(sum(map(len, batches[b:b + world])))  # rank 0's batch and, as an estimate, the others'
+            bar.set_postfix_str(f"{world * new_tokens / (time.perf_counter() - start):.1f} tok/s")
+    distributed.merge_parts(out_path, [(ex.id, mode) for _, ex, _ in pending], key)
 
     wanted = {ex.id for ex in examples}
     by_id = {r["id"]: r for r in read_records(out_path) if r.get("mode") == mode and r["id"] in wanted}

@@ -9,7 +9,8 @@ step is a pure function of the sample lengths and the seed, and the learning rat
 the step number alone says where a run stands. The trap avoided: a resumed run that silently differs
 from an uninterrupted one. A checkpoint (swapped in atomically) holds the adapter, AdamW's state and
 torch's RNG (LoRA dropout draws from it); the metrics file is cut back to its step; and a resume with
-other data or settings is refused.
+other data or settings is refused. Under torchrun (ssr/distributed.py) each step's micro-batches are
+dealt to the ranks and their LoRA gradients summed: the same steps as one process (see `train_step`).
 
 Outputs under out_dir: metrics.jsonl (one line a step), checkpoint/ (the latest), adapter/ (the final one).
 """
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ssr import lora
+from ssr import distributed, lora
 from ssr.runfiles import atomic_dir, check_settings, read_records, write_records
 
 
@@ -191,16 +192,24 @@ def loss_identity() -> str:
 
 def train_step(model, opt, batches: list[Batch], lr: float, max_grad_norm: float, amp=nullcontext()) -> dict:
     """One optimizer step over micro-batches; raises FloatingPointError before applying a step whose loss or
-    gradient is not finite."""
-    n_tokens = sum(int(b.loss_mask[:, 1:].sum()) for b in batches)  # the step's normaliser, before any backward
+    gradient is not finite.
+
+    Under torchrun `batches` are this rank's share of the step, and what the ranks exchange is small: the
+    supervised-token count before any backward (the normaliser is the whole step's, on all ranks, so a token
+    weighs the same wherever it was computed), then the LoRA gradients, summed (the frozen base has none),
+    and the loss for the log. Every rank then clips the same summed gradient and applies the same update: the
+    one-process step for the same global batch. (DistributedDataParallel would average instead of sum, and
+    hide the exchange in backward hooks that accumulation must switch off.)"""
+    n_tokens = distributed.all_sum(sum(int(b.loss_mask[:, 1:].sum()) for b in batches))  # before any backward
     total = 0.0
     for batch in batches:
         with amp:
             micro = loss(model, batch, n_tokens)
         micro.backward()
         total += micro.detach()
-    total = float(total)
+    total = distributed.all_sum(float(total))
     params = [p for group in opt.param_groups for p in group["params"]]
+    distributed.all_reduce_grads(params)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf")))
     if not (math.isfinite(total) and math.isfinite(grad_norm)):
         opt.zero_grad(set_to_none=True)
@@ -230,30 +239,36 @@ def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool 
     if ckpt is not None and not resume:
         raise FileExistsError(f"{out_dir} already holds a run (checkpoint at {ckpt}): continue it "
                               "(resume=True; rerunning train.py does), or choose another output folder")
-    check_settings(out_dir / "train.json", {**asdict(cfg), "loss": loss_identity(), "data_fingerprint": fingerprint},
-                   f"training run {out_dir}", may_change=RESUMABLE_CHANGES)
+    main = distributed.is_main()  # under torchrun, rank 0 alone writes the run's files
+    with distributed.main_first():
+        check_settings(out_dir / "train.json", {**asdict(cfg), "loss": loss_identity(),
+                                                "data_fingerprint": fingerprint},
+                       f"training run {out_dir}", may_change=RESUMABLE_CHANGES)
     start = saved_at = 0  # saved_at: the step of the last checkpoint written, 0 if none
     if ckpt is not None:
         start = saved_at = load_checkpoint(ckpt, model, opt)
-        if metrics_file.is_file():  # drop the steps after the checkpoint: they are logged again
+        if metrics_file.is_file() and main:  # drop the steps after the checkpoint: they are logged again
             write_records(metrics_file, [r for r in read_records(metrics_file) if r["step"] <= start])
         print(f"resuming {out_dir} after step {start} of {len(plan)}")
     else:
         if resume:
             print(f"no checkpoint in {out_dir}: starting a new run")
-        torch.manual_seed(cfg.seed)  # LoRA dropout draws from torch's RNG
-        metrics_file.unlink(missing_ok=True)
+        torch.manual_seed(cfg.seed + distributed.rank())  # LoRA dropout draws from torch's RNG, its own on each rank
+        if main:
+            metrics_file.unlink(missing_ok=True)
 
     model.train()
     model.checkpointing = cfg.checkpointing
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
     history = []
-    bar = tqdm(total=len(plan), initial=start, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(plan), initial=start, desc="train", unit="step", disable=not (progress and main),
+               dynamic_ncols=True)
     t_start = time.perf_counter()
-    with open(metrics_file, "a") as log:
+    with open(metrics_file, "a") if main else nullcontext() as log:
         for step in range(start, len(plan)):
             epoch, window = plan[step]
-            batches = [collate([samples[i] for i in idx], device) for idx in window]
+            mine = window[distributed.rank()::distributed.world()]  # the step's micro-batches, dealt to the ranks
+            batches = [collate([samples[i] for i in idx], device) for idx in mine]
             lr = lr_at(step, len(plan), cfg)
             t0 = time.perf_counter()
             try:
@@ -270,7 +285,8 @@ def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool 
             row = {"step": step + 1, "epoch": epoch, "loss": stats["loss"], "lr": lr, "grad_norm": stats["grad_norm"],
                    "tokens": stats["tokens"], "input_tokens": input_tokens, "tokens_per_s": input_tokens / seconds,
                    "elapsed_s": time.perf_counter() - t_start}
-            print(json.dumps(row), file=log, flush=True)
+            if main:
+                print(json.dumps(row), file=log, flush=True)
             history.append(row)
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
@@ -280,8 +296,10 @@ def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool 
                 saved_at = step + 1
     bar.close()
     model.eval()
-    with atomic_dir(out_dir / "adapter") as tmp:
-        lora.save_adapter(model, tmp)
+    if main:
+        with atomic_dir(out_dir / "adapter") as tmp:
+            lora.save_adapter(model, tmp)
+    distributed.barrier()  # every rank returns once the adapter is on disk
     return history
 
 
@@ -290,22 +308,32 @@ def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool 
 
 
 def save_checkpoint(out_dir: Path, model, opt, position: dict) -> None:
-    """position: steps done, and the epoch and step within it they end in (where the data stand)."""
+    """position: steps done, and the epoch and step within it they end in (where the data stand). Under torchrun
+    every rank calls it and rank 0 writes it: the adapter and AdamW state are the same on all ranks, the RNG
+    states (LoRA dropout) are each rank's own, so it keeps them all, and the world size they belong to."""
+    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    if distributed.world() > 1:
+        rng, position = distributed.all_gather(rng), {**position, "world_size": distributed.world()}
+    if not distributed.is_main():
+        return
     with atomic_dir(out_dir / "checkpoint") as tmp:
         lora.save_adapter(model, tmp / "adapter")
-        rng = {"torch": torch.get_rng_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         torch.save({"optimizer": opt.state_dict(), "rng": rng}, tmp / "trainer_state.pt")
         (tmp / "state.json").write_text(json.dumps(position, indent=2))
 
 
 def load_checkpoint(ckpt: Path, model, opt) -> int:
     """Restore adapter, optimizer and RNG states from a checkpoint; returns the number of steps done."""
-    steps = json.loads((ckpt / "state.json").read_text())["step"]
+    position = json.loads((ckpt / "state.json").read_text())
+    if position.get("world_size", 1) != distributed.world():  # each rank's dropout RNG continues on that rank
+        raise ValueError(f"{ckpt} was written by {position.get('world_size', 1)} process(es) and this run has "
+                         f"{distributed.world()} (WORLD_SIZE): continue it with the same number of processes "
+                         "(torchrun --nnodes x --nproc_per_node), or train into another folder")
     lora.load_adapter(model, ckpt / "adapter")
     state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
     opt.load_state_dict(state["optimizer"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return steps
+    rng = state["rng"][distributed.rank()] if isinstance(state["rng"], list) else state["rng"]
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return position["step"]
