@@ -26,6 +26,7 @@ from ssr.runfiles import append_records, read_records
 class Completion:
     tokens: list[int]  # the new tokens, the stop token excluded
     finish_reason: str  # "stop" (a stop id or stop string) or "length" (max_new_tokens reached)
+    stop_id: int | None = None  # the stop token sampled; None when cut by length or by a stop string
 
 
 def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int = 64, temperature: float = 0.0,
@@ -152,7 +153,10 @@ def _complete_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, s
     out = []
     for i, row in enumerate(tokens[:, :t + 1].tolist()):
         end = string_end.get(i, next((j for j, tok in enumerate(row) if tok in stops_set), None))
-        out.append(Completion(row, "length") if end is None else Completion(row[:end], "stop"))
+        if end is None:
+            out.append(Completion(row, "length"))
+        else:
+            out.append(Completion(row[:end], "stop", None if i in string_end else row[end]))
     return out
 
 
@@ -209,7 +213,9 @@ def generate_records(model, tok, examples: list[tasks.Example], mode: str, out_p
     """Generate what `out_path` lacks for these examples in this mode; returns their records in example order.
 
     One record per example: {"id", "mode", "messages", "output", "finish_reason", "prompt_tokens",
-    "output_tokens"}, plus "prefix" in rewrite mode (the prefill; "output" is only its continuation). Records
+    "output_tokens", "output_ids", "stop_id"}, plus "prefix" in rewrite mode (the prefill; "output" is only its
+    continuation). "output_ids" are the tokens generated (for rewrites, after the prefill), "stop_id" the stop
+    token sampled (None if cut): a self-generated target is trained as these very ids. Records
     land in order of generation and a file may hold several modes: read them back by (id, mode), never by line.
     Longest prompts first, so running out of memory happens at once, not hours in; each batch is appended as
     whole lines, so a killed run loses at most the batch in flight. The model is used as given: for the base
@@ -241,8 +247,14 @@ def generate_records(model, tok, examples: list[tasks.Example], mode: str, out_p
 
 def _record(tok, mode, ids, ex, prompt, completion, stop_strings) -> dict:
     output = cut_at(tok.decode(completion.tokens), stop_strings)
+    output_ids = completion.tokens
     if prompt.prefix:
-        output = output.lstrip()  # the continuation of "...step by step." starts with a space or a newline
+        # the continuation of "...step by step." starts with a space or a newline: drop it from the text, and the
+        # whitespace-only tokens from the ids, so that text and ids stay the same answer
+        output = output.lstrip()
+        while output_ids and not tok.decode(output_ids[:1]).strip():
+            output_ids = output_ids[1:]
     return {"id": ex.id, "mode": mode, "messages": prompt.messages, "output": output,
             "finish_reason": completion.finish_reason, "prompt_tokens": len(ids),
-            "output_tokens": len(completion.tokens), **({"prefix": prompt.prefix} if mode == "rewrite" else {})}
+            "output_tokens": len(completion.tokens), "output_ids": output_ids, "stop_id": completion.stop_id,
+            **({"prefix": prompt.prefix} if mode == "rewrite" else {})}
