@@ -7,8 +7,10 @@
 Target tasks (gsm8k, mbpp, nq, or NAME=FILE for any task file in those formats) are answered greedily
 with the task prompts of ssr/tasks.py and judged by ssr/judges.py: GSM8K accuracy, MBPP pass@1,
 NQ-open accuracy (contains; exact match reported beside it). Retention benchmarks (mmlu, arc_easy,
-arc_challenge, truthfulqa_mc1, truthfulqa_mc2, hellaswag) are scored by log-likelihood multiple
-choice with the formats of ssr/evaluation.py. --limit takes the same fixed-seed sample for every model.
+arc_challenge, truthfulqa_mc1, truthfulqa_mc2, hellaswag, winogrande) are scored by log-likelihood
+multiple choice with the formats of ssr/evaluation.py. --limit takes the same fixed-seed sample for every
+model. A paper's name (ssr-paper, s3ft-paper, sdft-paper) runs that paper's benchmark set with its own
+metrics and target/retention split, and prints the paper's reported numbers beside ours where known.
 
 Each finished benchmark is written to --out at once; a rerun skips those already there (and target
 tasks resume their generations from the files beside --out), so an interrupted run loses little.
@@ -31,9 +33,12 @@ from ssr.evaluation import PRIMARY, TARGET_FILES, drop_table, markdown_table, pr
 
 
 def parse_tasks(spec: str, data_dir: Path | None) -> dict[str, tuple[str, Path | None]]:
-    """{name: (kind, file)}: kind is "target" or "mc"; NAME=FILE names a task file directly."""
+    """{name: (kind, file)}: kind is "target" or "mc"; NAME=FILE names a task file directly; a paper's name
+    (ssr-paper, s3ft-paper, sdft-paper) stands for its benchmark set."""
     tasks = {}
-    for item in filter(None, (t.strip() for t in spec.split(","))):
+    items = [t.strip() for t in spec.split(",")]
+    items = [task for item in items for task in (evaluation.PAPERS[item].tasks if item in evaluation.PAPERS else [item])]
+    for item in filter(None, items):
         name, _, file = item.partition("=")
         if file:
             tasks[name] = ("target", Path(file))
@@ -44,15 +49,19 @@ def parse_tasks(spec: str, data_dir: Path | None) -> dict[str, tuple[str, Path |
             tasks[name] = (kind, data_dir / TARGET_FILES[name] if kind == "target" else None)
         else:
             raise SystemExit(f"error: unknown task {name!r}; choose from {', '.join([*TARGET_FILES, *evaluation.LOADERS])}"
-                             ", or give NAME=FILE for a task file")
+                             f", a paper's set ({', '.join(evaluation.PAPERS)}), or give NAME=FILE for a task file")
     return tasks
 
 
-def results_table(results: dict) -> str:
-    rows = [["benchmark", "metric", "score", "n"]]
+def results_table(results: dict, paper=None) -> str:
+    """Each benchmark's score; with a paper's set, the paper's reported number beside it where known."""
+    rows = [["benchmark", "metric", "score", "n", *(["paper reports"] if paper else [])]]
     for name, r in results.items():
-        rows.append([name, PRIMARY.get(name, "acc"), f"{100 * primary_score(name, r):.1f}", str(r["n"])])
-    return markdown_table(rows)
+        rows.append([name, r.get("metric") or PRIMARY.get(name, "acc"), f"{100 * primary_score(name, r):.1f}",
+                     str(r["n"]), *([paper.reported.get(name, "not available here")] if paper else [])])
+    if paper:
+        rows += [[name, "", "", "", text] for name, text in paper.reported.items() if name not in results]
+    return markdown_table(rows) + (f"\n(paper's setting: {paper.source})" if paper else "")
 
 
 def compare(files: list[str], exclude: set[str]) -> str:
@@ -88,7 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=ssr.DEFAULT_MODEL, help="HF checkpoint folder, or the built-in default")
     p.add_argument("--adapter", help="a LoRA adapter folder (PEFT format) to apply")
     p.add_argument("--tasks", default="gsm8k,mmlu,arc_easy,arc_challenge,truthfulqa_mc1,truthfulqa_mc2",
-                   help="comma-separated: " + ", ".join([*TARGET_FILES, *evaluation.LOADERS]) + ", or NAME=FILE")
+                   help="comma-separated: " + ", ".join([*TARGET_FILES, *evaluation.LOADERS]) + ", a paper's set ("
+                   + ", ".join(evaluation.PAPERS) + "), or NAME=FILE")
     p.add_argument("--data-dir", type=Path, help="folder with the official files (layout of ../shared/data)")
     p.add_argument("--limit", type=int, help="at most this many questions per benchmark (a fixed-seed sample)")
     p.add_argument("--out", type=Path, help="results JSON (updated after each benchmark)")
@@ -107,6 +117,8 @@ def main(argv=None) -> int:
     if args.out is None:
         p.error("--out is required (or --compare)")
     tasks = parse_tasks(args.tasks, args.data_dir)
+    papers = [evaluation.PAPERS[t.strip()] for t in args.tasks.split(",") if t.strip() in evaluation.PAPERS]
+    labels = {name: fields for paper in papers for name, fields in evaluation.paper_labels(paper).items()}
     device, dtype = device_and_dtype(args.device, args.dtype)
     settings = {"model": str(args.model), "adapter": args.adapter, "limit": args.limit, "dtype": str(dtype),
                 "max_new_tokens": args.max_new_tokens, "nq_mode": args.nq_mode}
@@ -121,10 +133,10 @@ def main(argv=None) -> int:
     try:
         results = run_benchmarks(model, tok, items, args.out, settings, batch_size=args.batch_size,
                                  max_new_tokens=args.max_new_tokens, batch_tokens=args.batch_tokens,
-                                 nq_mode=args.nq_mode)
+                                 nq_mode=args.nq_mode, labels=labels)
     except ValueError as e:
         p.error(str(e))
-    print(results_table(results))
+    print(results_table(results, papers[0] if len(papers) == 1 else None))
     return 0
 
 
