@@ -198,13 +198,12 @@ def prompt_ids(tok, prompt: tasks.Prompt) -> list[int]:
 
     A prefill is never encoded on its own and appended: SentencePiece puts a "▁" at the start of every
     separately encoded piece, and each template joins the assistant text differently, so the conversation
-    is rendered with the prefill as the assistant turn, cut right after it, and encoded once.
+    is encoded with the prefill as an open assistant turn, cut right after it.
     """
     if not prompt.prefix:
         return tok.apply_chat_template(prompt.messages, add_generation_prompt=True)
-    text = tok.render_chat(prompt.messages + [{"role": "assistant", "content": prompt.prefix}])
-    end = text.rindex(prompt.prefix) + len(prompt.prefix)  # what follows is the template's end-of-turn
-    return tok.encode(text[:end])
+    return tok.apply_chat_template(prompt.messages + [{"role": "assistant", "content": prompt.prefix}],
+                                   continue_final_message=True)
 
 
 def generate_records(model, tok, examples: list[tasks.Example], mode: str, out_path, *, batch_size: int = 16,

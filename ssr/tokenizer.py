@@ -168,19 +168,32 @@ class Tokenizer:
             bos=self.tk.id_to_token(self.bos_id) if self.bos_id is not None else "",
             eos=self.tk.id_to_token(self.eos_id) if self.eos_id is not None else "")
 
-    def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    def _open_segments(self, messages: list[dict], add_generation_prompt: bool, continue_final_message: bool):
+        segments = self._segments(messages, add_generation_prompt)
+        if not continue_final_message:
+            return segments
+        # the final (assistant) message left open: cut right after its text, before the template's end of turn
+        content = messages[-1]["content"].strip()
+        i = max(i for i, (t, _) in enumerate(segments) if not isinstance(t, Special) and content in t)
+        text, supervised = segments[i]
+        return segments[:i] + [(text[:text.rindex(content) + len(content)], supervised)]
+
+    def render_chat(self, messages: list[dict], add_generation_prompt: bool = False,
+                    continue_final_message: bool = False) -> str:
         """The conversation as text, exactly what apply_chat_template encodes."""
-        return "".join(text for text, _ in self._segments(messages, add_generation_prompt))
+        return "".join(t for t, _ in self._open_segments(messages, add_generation_prompt, continue_final_message))
 
     def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False,
-                            return_mask: bool = False):
+                            return_mask: bool = False, continue_final_message: bool = False):
         """Token ids of a conversation; with return_mask, also a 0/1 list marking the supervised tokens.
 
         Supervised: every token of an assistant turn plus the end-of-turn token after it. A token that
-        straddles a prompt/answer seam (SentencePiece "▁Hello") counts as supervised.
+        straddles a prompt/answer seam (SentencePiece "▁Hello") counts as supervised. continue_final_message:
+        the last message is an assistant turn's start (a prefill) that generation continues; nothing follows it.
         """
         ids, mask, run = [], [], []  # run: the text segments since the last special token
-        for text, supervised in [*self._segments(messages, add_generation_prompt), (Special(""), False)]:
+        segments = self._open_segments(messages, add_generation_prompt, continue_final_message)
+        for text, supervised in [*segments, (Special(""), False)]:
             if not isinstance(text, Special):
                 run.append((text, supervised))
                 continue

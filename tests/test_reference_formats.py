@@ -103,3 +103,18 @@ def supervised_texts(tok, ids, mask):
             out.append(tok.decode(ids[start:i], skip_special_tokens=False).strip())
             start = None
     return out
+
+
+def test_prefilled_prompt_is_metas_prompt_with_the_prefix(shared):
+    """SDFT's rewrite prompt ends inside the assistant turn: the ids are the reference encoding of the prompt
+    text and the prefill together, with nothing of the template's end of turn after it."""
+    spm = pytest.importorskip("sentencepiece")
+    from ssr.sampling import prompt_ids
+    from ssr.tasks import Prompt
+
+    folder = shared / "tokenizers" / "Llama-2-7b-chat-hf"
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    tok = ssr.load_tokenizer(folder)
+    messages = [{"role": "user", "content": "What is <s>2+2</s>?"}]
+    ids = prompt_ids(tok, Prompt(messages, "Great! Let's think step by step."))
+    assert ids == [sp.bos_id()] + sp.encode("[INST] What is <s>2+2</s>? [/INST] Great! Let's think step by step.")
