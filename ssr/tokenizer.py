@@ -194,16 +194,13 @@ class Tokenizer:
         ids, mask, run = [], [], []  # run: the text segments since the last special token
         segments = self._open_segments(messages, add_generation_prompt, continue_final_message)
         for text, supervised in [*segments, (Special(""), False)]:
-            if not isinstance(text, Special):
+            token_id = self.tk.token_to_id(text) if isinstance(text, Special) and text else None
+            if text and token_id is None:  # text, or a template token this vocabulary lacks: plain text, as in HF
                 run.append((text, supervised))
                 continue
             self._encode_run(run, ids, mask)
             run = []
-            if text:
-                token_id = self.tk.token_to_id(text)
-                if token_id is None:
-                    raise ValueError(f"{self.source}: the {self.chat_template} template's token {text!r} is not "
-                                     "in the vocabulary")
+            if token_id is not None:
                 ids.append(token_id)
                 mask.append(int(supervised))
         return (ids, mask) if return_mask else ids
