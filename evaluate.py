@@ -8,9 +8,12 @@ Target tasks (gsm8k, mbpp, nq, squad2, or NAME=FILE for any task file in those f
 greedily with the task prompts of ssr/tasks.py and judged by ssr/judges.py (or an LLM judge, --judge llm):
 GSM8K accuracy, MBPP pass@1, NQ-open accuracy (contains; exact match reported beside it), SQuAD 2.0 as
 SSR reports it (answerable_recall: token recall of the gold answer; unanswerable_rate: how often the model
-declines; answerable_acc / acc: the judge's accuracy; recall_or_declined: both together). Retention benchmarks (mmlu, arc_easy,
-arc_challenge, truthfulqa_mc1, truthfulqa_mc2, hellaswag) are scored by log-likelihood multiple
-choice with the formats of ssr/evaluation.py. --limit takes the same fixed-seed sample for every model.
+declines; answerable_acc / acc: the judge's accuracy; recall_or_declined: both together). Retention
+benchmarks (mmlu, arc_easy, arc_challenge, truthfulqa_mc1, truthfulqa_mc2, hellaswag, winogrande) are scored
+by log-likelihood multiple choice with the formats of ssr/evaluation.py. --limit takes the same fixed-seed
+sample for every model. A paper's name (ssr-paper, s3ft-paper, sdft-paper) runs that paper's benchmark set
+with its own metrics and target/retention split, and prints the paper's reported numbers beside ours where
+known.
 
 Each finished benchmark is written to --out at once; a rerun skips those already there (and target
 tasks resume their generations from the files beside --out), so an interrupted run loses little.
@@ -36,9 +39,12 @@ from ssr.evaluation import PRIMARY, TARGET_FILES, drop_table, markdown_table, pr
 
 
 def parse_tasks(spec: str, data_dir: Path | None) -> dict[str, tuple[str, Path | None]]:
-    """{name: (kind, file)}: kind is "target" or "mc"; NAME=FILE names a task file directly."""
+    """{name: (kind, file)}: kind is "target" or "mc"; NAME=FILE names a task file directly; a paper's name
+    (ssr-paper, s3ft-paper, sdft-paper) stands for its benchmark set."""
     tasks = {}
-    for item in filter(None, (t.strip() for t in spec.split(","))):
+    items = [t.strip() for t in spec.split(",")]
+    items = [task for item in items for task in (evaluation.PAPERS[item].tasks if item in evaluation.PAPERS else [item])]
+    for item in filter(None, items):
         name, _, file = item.partition("=")
         if file:
             tasks[name] = ("target", Path(file))
@@ -49,15 +55,20 @@ def parse_tasks(spec: str, data_dir: Path | None) -> dict[str, tuple[str, Path |
             tasks[name] = (kind, data_dir / TARGET_FILES[name] if kind == "target" else None)
         else:
             raise ValueError(f"--tasks: unknown task {name!r}; choose from "
-                             f"{', '.join([*TARGET_FILES, *evaluation.LOADERS])}, or give NAME=FILE for a task file")
+                             f"{', '.join([*TARGET_FILES, *evaluation.LOADERS])}, a paper's set "
+                             f"({', '.join(evaluation.PAPERS)}), or give NAME=FILE for a task file")
     return tasks
 
 
-def results_table(results: dict) -> str:
-    rows = [["benchmark", "metric", "score", "n"]]
+def results_table(results: dict, paper=None) -> str:
+    """Each benchmark's score; with a paper's set, the paper's reported number beside it where known."""
+    rows = [["benchmark", "metric", "score", "n", *(["paper reports"] if paper else [])]]
     for name, r in results.items():
-        rows.append([name, PRIMARY.get(name, "acc"), f"{100 * primary_score(name, r):.1f}", str(r["n"])])
-    return markdown_table(rows)
+        rows.append([name, r.get("metric") or PRIMARY.get(name, "acc"), f"{100 * primary_score(name, r):.1f}",
+                     str(r["n"]), *([paper.reported.get(name, "not available here")] if paper else [])])
+    if paper:
+        rows += [[name, "", "", "", text] for name, text in paper.reported.items() if name not in results]
+    return markdown_table(rows) + (f"\n(paper's setting: {paper.source})" if paper else "")
 
 
 def compare(files: list[str], exclude: set[str]) -> str:
@@ -102,7 +113,8 @@ def parse_args(argv: list[str]):
     p.add_argument("--chat-template", choices=TEMPLATES, help="override the template detected from the tokenizer "
                                                               "(target tasks prompt through it)")
     p.add_argument("--tasks", default="gsm8k,mmlu,arc_easy,arc_challenge,truthfulqa_mc1,truthfulqa_mc2",
-                   help="comma-separated: " + ", ".join([*TARGET_FILES, *evaluation.LOADERS]) + ", or NAME=FILE")
+                   help="comma-separated: " + ", ".join([*TARGET_FILES, *evaluation.LOADERS]) + ", a paper's set ("
+                   + ", ".join(evaluation.PAPERS) + "), or NAME=FILE")
     p.add_argument("--data-dir", type=Path, help="folder with the official files (layout of ../shared/data)")
     p.add_argument("--limit", type=cli.positive_int,
                    help="at most this many questions per benchmark (a fixed-seed sample)")
@@ -145,6 +157,8 @@ def run(argv: list[str]) -> int:
     tasks = parse_tasks(args.tasks, args.data_dir)
     if not tasks:
         raise ValueError("--tasks names no benchmark")
+    papers = [evaluation.PAPERS[t.strip()] for t in args.tasks.split(",") if t.strip() in evaluation.PAPERS]
+    labels = {name: fields for paper in papers for name, fields in evaluation.paper_labels(paper).items()}
     device, dtype = device_and_dtype(args.device, args.dtype)
     device = distributed.init(device)  # under torchrun: join the other ranks (docs/distributed.md)
     settings = {"model": str(args.model), "adapter": args.adapter, "limit": args.limit, "split": args.split,
@@ -178,12 +192,12 @@ def run(argv: list[str]) -> int:
         try:
             results = run_benchmarks(model, tok, items, args.out, settings, batch_size=args.batch_size,
                                      max_new_tokens=args.max_new_tokens, batch_tokens=args.batch_tokens,
-                                     nq_mode=args.nq_mode, judge=judge)
+                                     nq_mode=args.nq_mode, judge=judge, labels=labels)
         except KeyboardInterrupt:
             done = json.loads(args.out.read_text())["results"] if args.out.is_file() else {}
             raise cli.Interrupted(f"{len(done)} finished benchmark(s) kept in {args.out} (and the generations so "
                                   "far beside it); rerun the same command to continue") from None
-    print(results_table(results))
+    print(results_table(results, papers[0] if len(papers) == 1 else None))
     return 0
 
 

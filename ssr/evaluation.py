@@ -8,6 +8,9 @@ Retention formats (lm-evaluation-harness's, zero-shot, no chat template; each ch
 - ARC:        "Question: {stem}\nAnswer:"  ->  "{choice text}"
 - HellaSwag:  "{activity_label}: {ctx_a} {ctx_b capitalised}"  ->  "{ending}"
 - TruthfulQA: the six-shot QA primer of the TruthfulQA paper, then "Q: {question}\nA:"  ->  "{answer}"
+- Winogrande: partial scoring (lm-eval's `winogrande`): one context per option, the sentence up to the blank
+              with the option filled in; the same continuation for both, the rest of the sentence after
+              the blank, stripped; acc
 A choice's score is the sum of its tokens' log-probabilities given the context; acc_norm divides it by
 the length in characters of the choice without its delimiter (lm-eval's `len(choice)`).
 
@@ -43,10 +46,15 @@ from ssr.tasks import TASKS, load_task
 @dataclass
 class MCQuestion:
     id: str
-    context: str
+    context: str | list[str]  # one context, or one per choice (Winogrande's partial scoring)
     choices: list[str]  # continuations, without the delimiter
     labels: list[int]  # 1 for a correct choice (MC2 has several), else 0
     delimiter: str = " "  # put between context and choice
+
+    def requests(self) -> list[tuple[str, str]]:
+        """(context, delimiter + continuation) of each choice."""
+        contexts = self.context if isinstance(self.context, list) else [self.context] * len(self.choices)
+        return [(c, self.delimiter + choice) for c, choice in zip(contexts, self.choices)]
 
 
 def subsample(items: list, limit: int | None, seed: int = 0) -> list:
@@ -132,6 +140,22 @@ def load_hellaswag(data_dir: Path, limit=None) -> list[MCQuestion]:
                       for i, row in enumerate(read_records(file, partial_tail=False))], limit)
 
 
+def load_winogrande(data_dir: Path, limit=None) -> list[MCQuestion]:
+    # the 1.1 dev set (lm-eval's `winogrande`: winogrande_xl, validation); the blank "_" splits each sentence
+    file = data_dir / "winogrande" / "dev.jsonl"
+    if not file.is_file():
+        raise FileNotFoundError(f"no {file} (WinoGrande 1.1 dev.jsonl)")
+    out = []
+    for i, row in enumerate(read_records(file, partial_tail=False)):
+        if row.get("answer") not in ("1", "2") or "_" not in row.get("sentence", ""):
+            raise ValueError(f"{file}: line {i + 1} ({row.get('qID')}) needs a sentence with '_' and answer 1 or 2")
+        blank = row["sentence"].index("_")
+        rest = row["sentence"][blank + 1:].strip()
+        out.append(MCQuestion(row["qID"], [row["sentence"][:blank] + row[f"option{k}"] for k in "12"], [rest, rest],
+                              [int(row["answer"] == k) for k in "12"]))
+    return subsample(out, limit)
+
+
 LOADERS = {  # name -> function(data_dir, limit) -> [MCQuestion]
     "mmlu": load_mmlu,
     "arc_easy": lambda data_dir, limit=None: load_arc(data_dir, "ARC-Easy", limit),
@@ -139,6 +163,7 @@ LOADERS = {  # name -> function(data_dir, limit) -> [MCQuestion]
     "truthfulqa_mc1": lambda data_dir, limit=None: load_truthfulqa(data_dir, "mc1_targets", limit),
     "truthfulqa_mc2": lambda data_dir, limit=None: load_truthfulqa(data_dir, "mc2_targets", limit),
     "hellaswag": load_hellaswag,
+    "winogrande": load_winogrande,
 }
 
 
@@ -195,7 +220,7 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_tok
 def score_questions(model, tok, questions: list[MCQuestion], **kwargs) -> dict:
     """acc (argmax log-likelihood), acc_norm (per character of the choice, as lm-eval), and mc2 (the probability
     mass on the true choices)."""
-    requests = [split_tokens(tok, q.context, q.delimiter + choice) for q in questions for choice in q.choices]
+    requests = [split_tokens(tok, context, continuation) for q in questions for context, continuation in q.requests()]
     lls = iter(loglikelihoods(model, requests, **kwargs))
     acc = acc_norm = mc2 = 0.0
     for q in questions:
@@ -211,11 +236,52 @@ def score_questions(model, tok, questions: list[MCQuestion], **kwargs) -> dict:
 
 # the score each benchmark is reported by (lm-evaluation-harness conventions); target tasks: "acc"
 PRIMARY = {"mmlu": "acc", "arc_easy": "acc_norm", "arc_challenge": "acc_norm", "truthfulqa_mc1": "acc",
-           "truthfulqa_mc2": "mc2", "hellaswag": "acc_norm"}
+           "truthfulqa_mc2": "mc2", "hellaswag": "acc_norm", "winogrande": "acc"}
 
 
 def primary_score(name: str, result: dict) -> float:
-    return result[PRIMARY.get(name, "acc")]
+    """The score a benchmark is reported by: the one its result names ("metric", set by a paper's set), else
+    PRIMARY's."""
+    return result[result.get("metric") or PRIMARY.get(name, "acc")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# each paper's benchmark set, by one name (evaluate.py --tasks sdft-paper), with the paper's own metric
+
+
+@dataclass
+class PaperSet:
+    tasks: list[str]
+    targets: list[str]  # the paper's target tasks; every other task is a retention benchmark (averaged)
+    metrics: dict[str, str]  # where the paper's metric differs from PRIMARY
+    source: str  # where the set and metrics come from, and what is not known
+    reported: dict[str, str]  # benchmark (or "average drop") -> the paper's number(s), as text
+
+
+PAPERS = {
+    "sdft-paper": PaperSet(
+        ["gsm8k", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy", "arc_challenge", "hellaswag", "winogrande"],
+        ["gsm8k"], {"arc_easy": "acc", "arc_challenge": "acc", "hellaswag": "acc", "truthfulqa_mc2": "mc2"},
+        "sail-sg/sdft scripts/test_seed_LM.sh: lm_eval --tasks truthfulqa,ai2_arc,hellaswag,winogrande, read by "
+        "eval/eval_general_knowledge.py as `acc,none` (the truthfulqa and ai2_arc rows are lm-eval's group means "
+        "of mc1/mc2 and of ARC-Easy/Challenge); MMLU 0-shot through LLaMA-Factory's evaluator (its own prompt, "
+        "not lm-eval's). Llama-2-7b-chat.",
+        {"gsm8k": "SDFT 34.4, SFT 31.9 (Llama-2-7b-chat, LoRA)",
+         "other benchmarks": "the paper's per-benchmark numbers are not available here"}),
+    "s3ft-paper": PaperSet(
+        ["gsm8k", "mbpp", "nq", "mmlu", "truthfulqa_mc2", "winogrande"], ["gsm8k", "mbpp", "nq"], {},
+        "arXiv 2502.08130 (S3FT): Mistral-7B-Instruct-v0.2; retention on benchmarks such as MMLU and TruthfulQA, "
+        "and Winogrande; the full benchmark list, shots and metrics are not verified here.",
+        {"average drop": "SFT 4.4, S3FT 2.5 (points, over the paper's general benchmarks)",
+         "other benchmarks": "the paper's per-benchmark numbers are not available here"}),
+    "ssr-paper": PaperSet(
+        ["nq", "mmlu", "truthfulqa_mc2", "gsm8k", "hellaswag"], ["nq"], {},
+        "arXiv 2409.04787 (SSR): Mistral-7B-Instruct-v0.2 trained on content-grounded QA (MultiDoc2Dial, NQ with "
+        "passages; not in this project: nq here is closed-book NQ-open); retention on MMLU, TruthfulQA, GSM8K "
+        "(a retention benchmark there) and HellaSwag; shots and metrics are not verified here.",
+        {"average drop": "SSR about 2%, SFT up to 16.7%",
+         "other benchmarks": "the paper's per-benchmark numbers are not available here"}),
+}
 
 
 def markdown_table(rows: list[list[str]]) -> str:
@@ -344,13 +410,21 @@ def score_generations(model, tok, examples, prefix, *, batch_size: int = 16, max
     return result
 
 
+def paper_labels(paper: PaperSet) -> dict[str, dict]:
+    """{benchmark: {"kind", "metric"}} as the paper counts and reports it."""
+    return {name: {"kind": "target" if name in paper.targets else "retention",
+                   "metric": paper.metrics.get(name, PRIMARY.get(name, "acc"))} for name in paper.tasks}
+
+
 def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, batch_size: int = 16,
                    max_new_tokens: int = 512, batch_tokens: int = 8192, nq_mode: str = "contains", judge=None,
-                   progress: bool = True) -> dict:
+                   labels: dict | None = None, progress: bool = True) -> dict:
     """Score every benchmark, writing out_path (JSON) after each; those already in it are kept, not rerun.
     benchmarks: {name: list of Examples (target task, by generation) or of MCQuestions (log-likelihood)}.
     Generations and verdicts are kept beside out_path ({stem}.{name}.predictions.jsonl, ...), so an
-    interrupted target task resumes too. Rerunning with other settings is refused ({stem}.settings.json)."""
+    interrupted target task resumes too. Rerunning with other settings is refused ({stem}.settings.json).
+    labels: {name: {"metric": ..., "kind": ...}} set in a benchmark's result (a paper's own metric, and whether
+    the paper counts it as a target task or a retention benchmark); see `paper_labels`."""
     out_path = Path(out_path)
     stem = out_path.with_suffix("")
     # before anything is generated: the predictions beside out_path belong to these settings only
@@ -368,4 +442,9 @@ def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, ba
                                               progress=progress)
         if distributed.is_main():
             write_atomic(out_path, json.dumps({"settings": settings, "results": results}, indent=2))
+    for name, fields in (labels or {}).items():
+        if name in results and any(results[name].get(k) != v for k, v in fields.items()):
+            results[name].update(fields)
+            if distributed.is_main():
+                write_atomic(out_path, json.dumps({"settings": settings, "results": results}, indent=2))
     return {name: results[name] for name in benchmarks}

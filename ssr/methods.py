@@ -16,7 +16,13 @@ resumes. `run_method` chains targets and LoRA training. In the run folder:
     predict.jsonl, predict.verdicts.jsonl         the base model's answers (SSR, S3FT)
     paraphrase.jsonl, paraphrase.verdicts.jsonl   its paraphrases of gold, where its answer failed (S3FT)
     rewrite.jsonl, rewrite.verdicts.jsonl         its rewrites of gold (SDFT)
-    targets.jsonl                                 one record per example: id, messages, response, source
+    targets.jsonl                                 one record per example: id, messages, response, source,
+                                                  response_ids (self-generated targets)
+
+A self-generated target is trained as the very token ids the model generated, after the ids of the
+predict prompt, with the stop token it sampled: decoding to text and encoding again need not give
+those ids back (the original Mistral template glues "[/INST]The" where the model said "▁The"). The
+text in targets.jsonl is for reading. Gold targets go through the chat template.
 
 Two recipes set everything around the target choice (`RECIPES`; sources in docs/recipes.md):
 "project", this project's choices (the task prompts in the model's chat template, greedy targets, the
@@ -54,12 +60,14 @@ class Target:
     id: str
     response: str  # the assistant turn to train on
     source: str  # one of SOURCES
+    ids: list[int] | None = None  # self-generated: the generated ids + the stop token, trained as they are
 
 
 @dataclass
 class Answer:
     output: str  # what the base model wrote (for rewrites, after the prefill)
     rejected: str | None  # why it may not be a target ("judge: mismatch", "cut at max_new_tokens"), None if it may
+    ids: list[int] | None = None  # the generated ids + the stop token sampled (None for a cut generation)
 
 
 Answers = Callable[[str, list[Example]], dict[str, Answer]]  # (mode, examples) -> {id: Answer}
@@ -73,7 +81,7 @@ def first_accepted(e: Example, gold: dict[str, str], *candidates: tuple[dict[str
     """The first of the (answers, source) candidates that has an accepted answer for e; else the gold answer."""
     for answers, source in candidates:
         if accepted(answers, e.id):
-            return Target(e.id, answers[e.id].output, source)
+            return Target(e.id, answers[e.id].output, source, answers[e.id].ids)
     return Target(e.id, gold[e.id], "gold")
 
 
@@ -215,20 +223,31 @@ def cached_answers(model, tok, run_dir, *, batch_size: int = 16, max_new_tokens:
                                        max_new_tokens=max_new_tokens, progress=progress, recipe=recipe,
                                        **(sampling or {}))
         by_id, verdicts_path = {e.id: e for e in examples}, run / f"{mode}.verdicts.jsonl"
-        if recipe == "sdft":
+        if recipe == "sdft":  # trained as text, as the official code does (encode_text_template)
             out = {r["id"]: sdft_answer(r, e) for r, e in zip(records, examples)}
         else:
             if judge is None:
                 verdicts = judges.judge_records(by_id, records, verdicts_path, workers=workers, progress=progress)
             else:
                 verdicts = llm_judge.judge_records(judge, by_id, records, verdicts_path, progress=progress)
-            out = {r["id"]: Answer(r["output"], rejection(r, v, quality)) for r, v in zip(records, verdicts)}
+            out = {r["id"]: Answer(r["output"], rejection(r, v, quality), generated_ids(r, run / f"{mode}.jsonl"))
+                   for r, v in zip(records, verdicts)}
         answers.rejected.update({(mode, id): a.rejected for id, a in out.items() if a.rejected})
         return out
 
     answers.rejected = {}
     answers.judge = "rule" if judge is None else judge.settings["judge"]
     return answers
+
+
+def generated_ids(record: dict, path) -> list[int] | None:
+    """The ids to train on for a generation record: the generated ids + the stop token sampled; None if cut."""
+    if record["finish_reason"] != "stop":
+        return None
+    if record.get("stop_id") is None:  # records of an older version, or stopped by a stop string
+        raise ValueError(f"{path}: record {record['id']} has no output_ids/stop_id, so it cannot be trained as the "
+                         "ids the model generated; delete the file to generate it again")
+    return record["output_ids"] + [record["stop_id"]]
 
 
 def build_targets(method: str, examples: list[Example], answers: Answers, run_dir,
@@ -239,7 +258,7 @@ def build_targets(method: str, examples: list[Example], answers: Answers, run_di
     path = Path(run_dir) / "targets.jsonl"
     cached = read_records(path)
     if [r["id"] for r in cached] == [e.id for e in examples]:
-        return [Target(r["id"], r["response"], r["source"]) for r in cached]
+        return [Target(r["id"], r["response"], r["source"], r.get("response_ids")) for r in cached]
     if method != "sft" and examples[0].task not in TASKS and getattr(answers, "judge", "rule") != "llm":
         raise ValueError(f"--method {method} needs a judge: a rule judge exists for tasks {', '.join(TASKS)}; "
                          f"these examples are {examples[0].task!r} records (use --judge llm, or --method sft)")
@@ -248,7 +267,8 @@ def build_targets(method: str, examples: list[Example], answers: Answers, run_di
     if distributed.is_main():  # every rank chose the same targets; one writes them
         write_records(path, ({"id": t.id, "messages": build_prompt(e, "train", recipe).messages,
                               "response": t.response, "source": t.source,
-                              "rejected": {mode: why for (mode, id), why in rejected.items() if id == e.id}}
+                              "rejected": {mode: why for (mode, id), why in rejected.items() if id == e.id},
+                              **({"response_ids": t.ids} if t.ids is not None else {})}
                              for e, t in zip(examples, targets)))
     distributed.barrier()
     return targets
@@ -264,6 +284,15 @@ def target_stats(run_dir) -> str:
     if why:
         line += "; answers not used: " + ", ".join(f"{reason} {n}" for reason, n in why.most_common())
     return line
+
+
+def training_samples(tok, examples: list[Example], targets: list[Target], max_len: int):
+    """Every example as a training sample on its predict prompt: gold through the chat template; a self-generated
+    target as the predict prompt's ids + the ids the model generated + its stop token. Returns encode's result."""
+    items = [predict_messages(e) + [{"role": "assistant", "content": t.response}] if t.ids is None
+             else (tok.apply_chat_template(predict_messages(e), add_generation_prompt=True), t.ids)
+             for e, t in zip(examples, targets)]
+    return encode(tok, items, max_len, [t.source for t in targets])
 
 
 def run_method(method: str, model, tok, examples: list[Example], run_dir, *, lora_settings: lora.LoraSettings,
@@ -286,9 +315,7 @@ def run_method(method: str, model, tok, examples: list[Example], run_dir, *, lor
     if recipe == "sdft":
         samples, cut = encode_text_template(tok, [build_prompt(e, "train", "sdft") for e in examples], targets, max_len)
     else:
-        conversations = [predict_messages(e) + [{"role": "assistant", "content": t.response}]
-                         for e, t in zip(examples, targets)]
-        samples, cut = encode(tok, conversations, max_len, [t.source for t in targets])
+        samples, cut = training_samples(tok, examples, targets, max_len)
     if cut["truncated"] or cut["dropped"]:
         print(f"{cut['truncated']} conversation(s) longer than {max_len} tokens were truncated; "
               f"{cut['dropped']} left without any target token were dropped")

@@ -26,6 +26,7 @@ from ssr.runfiles import append_records, read_records
 class Completion:
     tokens: list[int]  # the new tokens, the stop token excluded
     finish_reason: str  # "stop" (a stop id or stop string) or "length" (max_new_tokens reached)
+    stop_id: int | None = None  # the stop token sampled; None when cut by length or by a stop string
 
 
 def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int = 64, temperature: float = 0.0,
@@ -152,7 +153,10 @@ def _complete_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, s
     out = []
     for i, row in enumerate(tokens[:, :t + 1].tolist()):
         end = string_end.get(i, next((j for j, tok in enumerate(row) if tok in stops_set), None))
-        out.append(Completion(row, "length") if end is None else Completion(row[:end], "stop"))
+        if end is None:
+            out.append(Completion(row, "length"))
+        else:
+            out.append(Completion(row[:end], "stop", None if i in string_end else row[end]))
     return out
 
 
@@ -194,7 +198,7 @@ def prompt_ids(tok, prompt: tasks.Prompt) -> list[int]:
 
     A prefill is never encoded on its own and appended: SentencePiece puts a "▁" at the start of every
     separately encoded piece, and each template joins the assistant text differently, so the conversation
-    is rendered with the prefill as the assistant turn, cut right after it, and encoded once. The SDFT
+    is rendered with the prefill as an open assistant turn, cut right after it, and encoded once. The SDFT
     recipe's text pieces are the exception, on purpose: the official code encodes them one by one after BOS.
     """
     if prompt.pieces is not None:
@@ -202,9 +206,8 @@ def prompt_ids(tok, prompt: tasks.Prompt) -> list[int]:
         return bos + [i for piece in prompt.pieces for i in tok.encode(piece)]
     if not prompt.prefix:
         return tok.apply_chat_template(prompt.messages, add_generation_prompt=True)
-    text = tok.render_chat(prompt.messages + [{"role": "assistant", "content": prompt.prefix}])
-    end = text.rindex(prompt.prefix) + len(prompt.prefix)  # what follows is the template's end-of-turn
-    return tok.encode(text[:end])
+    return tok.apply_chat_template(prompt.messages + [{"role": "assistant", "content": prompt.prefix}],
+                                   continue_final_message=True)
 
 
 def prompt_text(tok, prompt: tasks.Prompt) -> str:
@@ -247,7 +250,10 @@ def generate_records(model, tok, examples: list[tasks.Example], mode: str, out_p
     """Generate what `out_path` lacks for these examples in this mode; returns their records in example order.
 
     One record per example: {"id", "mode", "messages", "prompt_text" (the exact rendered prompt, special tokens
-    as text), "output", "finish_reason", "prompt_tokens", "output_tokens"}, plus "prefix" in rewrite mode (the prefill; "output" is only its continuation). Records
+    as text), "output", "finish_reason", "prompt_tokens", "output_tokens", "output_ids", "stop_id"}, plus
+    "prefix" in rewrite mode (the prefill; "output" is only its continuation). "output_ids" are the tokens
+    generated (for rewrites, after the prefill), "stop_id" the stop token sampled (None if cut): a
+    self-generated target is trained as these very ids. Records
     land in order of generation and a file may hold several modes: read them back by (id, mode), never by line.
     Longest prompts first, so running out of memory happens at once, not hours in; each batch is appended as
     whole lines, so a killed run loses at most the batch in flight. The model is used as given: for the base
@@ -288,9 +294,15 @@ def generate_records(model, tok, examples: list[tasks.Example], mode: str, out_p
 
 def _record(tok, mode, ids, ex, prompt, completion, stop_strings) -> dict:
     output = cut_at(tok.decode(completion.tokens), stop_strings)
+    output_ids = completion.tokens
     if prompt.prefix:
-        output = output.lstrip()  # the continuation of "...step by step." starts with a space or a newline
+        # the continuation of "...step by step." starts with a space or a newline: drop it from the text, and the
+        # whitespace-only tokens from the ids, so that text and ids stay the same answer
+        output = output.lstrip()
+        while output_ids and not tok.decode(output_ids[:1]).strip():
+            output_ids = output_ids[1:]
     return {"id": ex.id, "mode": mode, "messages": prompt.messages, "prompt_text": prompt_text(tok, prompt),
             "output": output,
             "finish_reason": completion.finish_reason, "prompt_tokens": len(ids),
-            "output_tokens": len(completion.tokens), **({"prefix": prompt.prefix} if mode == "rewrite" else {})}
+            "output_tokens": len(completion.tokens), "output_ids": output_ids, "stop_id": completion.stop_id,
+            **({"prefix": prompt.prefix} if mode == "rewrite" else {})}

@@ -101,13 +101,20 @@ class Sample:
     source: str = "gold"  # where the response came from (see ssr.methods.SOURCES)
 
 
-def encode(tok, conversations: list[list[dict]], max_len: int, sources: list[str] | None = None
-           ) -> tuple[list[Sample], dict]:
+def encode(tok, conversations: list, max_len: int, sources: list[str] | None = None) -> tuple[list[Sample], dict]:
     """Tokenise conversations with the chat template; returns the samples and counts of what was cut: a
-    conversation longer than max_len is truncated from the right, one left with no supervised token dropped."""
+    conversation longer than max_len is truncated from the right, one left with no supervised token dropped.
+
+    An item may also be a pair (prompt ids, response ids): those very ids, the response supervised. That is how a
+    self-generated target is trained, as the ids the model generated and its end-of-turn token, never decoded
+    and encoded again (re-encoding need not give them back)."""
     samples, truncated, dropped = [], 0, 0
-    for i, messages in enumerate(conversations):
-        ids, mask = tok.apply_chat_template(messages, return_mask=True)
+    for i, item in enumerate(conversations):
+        if isinstance(item, tuple):
+            prompt, response = item
+            ids, mask = prompt + response, [0] * len(prompt) + [1] * len(response)
+        else:
+            ids, mask = tok.apply_chat_template(item, return_mask=True)
         if len(ids) > max_len:
             ids, mask, truncated = ids[:max_len], mask[:max_len], truncated + 1
         if sum(mask[1:]) == 0:  # the first token is never a target: nothing predicts it

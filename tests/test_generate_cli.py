@@ -21,7 +21,8 @@ from ssr.sampling import generate_records, prompt_ids
 from ssr.tasks import load_task
 
 TASK_FILES = {"gsm8k": "data/gsm8k/train.jsonl", "mbpp": "data/mbpp/mbpp.jsonl", "nq": "data/nq_open/NQ-open.dev.jsonl"}
-KEYS = {"prompt_text", "id", "mode", "messages", "output", "finish_reason", "prompt_tokens", "output_tokens"}
+KEYS = {"prompt_text", "id", "mode", "messages", "output", "finish_reason", "prompt_tokens", "output_tokens",
+        "output_ids", "stop_id"}
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,8 @@ def test_records_of_every_mode(shared, stories, tmp_path, task, capsys):
         assert tok.encode(r["prompt_text"]) == prompt_ids(tok, prompt)  # the exact text the prompt's ids encode
         assert r["finish_reason"] in ("stop", "length") and 0 <= r["output_tokens"] <= 6
         assert isinstance(r["output"], str)
+        assert (r["stop_id"] in tok.stop_ids) == (r["finish_reason"] == "stop")  # the ids a self target trains on
+        assert r["mode"] == "rewrite" or len(r["output_ids"]) == r["output_tokens"]
     rewrites = [r for r in records if r["mode"] == "rewrite"]
     assert all(r["prefix"] == ("Great! Let's think step by step." if task == "gsm8k" else "") for r in rewrites)
 

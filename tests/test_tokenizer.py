@@ -64,6 +64,12 @@ def test_chat_ids_equal_transformers(shared, tmp_path, name, conversation, gener
     ref = ref_tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt)
     ref = list(ref["input_ids"] if hasattr(ref, "keys") else ref)
     ours = tok.apply_chat_template(messages, add_generation_prompt=generation_prompt)
+    if name == "llama2":
+        # The one known difference, on purpose: Meta's format (tests/test_reference_formats.py) encodes the text
+        # after each BOS with SentencePiece's dummy prefix, "▁[" (518); transformers 5 gives "[" (29961) there.
+        after_bos = [i + 1 for i, t in enumerate(ref) if t == tok.bos_id]
+        assert after_bos and all(ref[i] == 29961 and ours[i] == 518 for i in after_bos)
+        ref = [518 if i in after_bos else t for i, t in enumerate(ref)]
     assert ours == ref
     assert tok.render_chat(messages, generation_prompt) == ref_tok.apply_chat_template(
         messages, tokenize=False, add_generation_prompt=generation_prompt)
