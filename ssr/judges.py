@@ -559,12 +559,8 @@ def judge_records(examples: dict[str, Example], records: Sequence[dict], out_pat
     lacks, as verdicts finish ("unfit": `unfit_target`'s reason, or null); returns the verdict records of
     `records`, in their order. Records whose id is not in `examples` are an error.
     """
-    unknown = [r["id"] for r in records if str(r["id"]) not in examples]
-    if unknown:
-        raise KeyError(f"{len(unknown)} record(s) have ids that are not in the task (e.g. {unknown[0]!r})")
-    key = lambda r: (str(r["id"]), r.get("mode"))  # noqa: E731
-    done = {key(v) for v in read_records(out_path)}
-    pending = list({key(r): r for r in records if key(r) not in done}.values())
+    key = record_key
+    pending = pending_records(examples, records, read_records(out_path))
     # under torchrun: what no rank's part file holds yet, dealt round-robin to the ranks
     in_parts = {key(v) for v in distributed.part_records(out_path)}
     todo = [r for r in pending if key(r) not in in_parts][distributed.rank()::distributed.world()]
@@ -580,8 +576,28 @@ def judge_records(examples: dict[str, Example], records: Sequence[dict], out_pat
                        "unfit": unfit_target(example.task, todo[i]["output"])}
         append_records(distributed.own_part(out_path), finished())
     distributed.merge_parts(out_path, [key(r) for r in pending], key)
-    by_key = {key(v): v for v in read_records(out_path)}
-    return [by_key[key(r)] for r in records]
+    return verdicts_in_order(out_path, records)
+
+
+def record_key(record: dict) -> tuple[str, str | None]:
+    """What a generation record and its verdict share: (id, mode)."""
+    return str(record["id"]), record.get("mode")
+
+
+def pending_records(examples: dict[str, Example], records: Sequence[dict], verdicts: list[dict]) -> list[dict]:
+    """The records no verdict answers yet, each (id, mode) once; a record whose id is not in `examples` is an
+    error. Shared by this module's judge_records and ssr.llm_judge's."""
+    unknown = [r["id"] for r in records if str(r["id"]) not in examples]
+    if unknown:
+        raise KeyError(f"{len(unknown)} record(s) have ids that are not in the task (e.g. {unknown[0]!r})")
+    done = {record_key(v) for v in verdicts}
+    return list({record_key(r): r for r in records if record_key(r) not in done}.values())
+
+
+def verdicts_in_order(out_path, records: Sequence[dict]) -> list[dict]:
+    """The verdicts of `records` read back from out_path, in the records' order."""
+    by_key = {record_key(v): v for v in read_records(out_path)}
+    return [by_key[record_key(r)] for r in records]
 
 
 def _parallel(fn: Callable, items: list, workers: int | None) -> Iterator[tuple[int, Verdict]]:

@@ -164,17 +164,12 @@ def judge_records(judge, examples: dict[str, Example], records: Sequence[dict], 
     "unfit", "judge": the judge's settings, "judge_prompt": its prompt's name, "judge_output": its raw text},
     plus "rule": the rule judge's verdict when both must accept. Verdicts are appended `chunk` at a time, so a
     killed run loses at most one chunk. A file holding verdicts of another judge is refused, naming both."""
-    unknown = [r["id"] for r in records if str(r["id"]) not in examples]
-    if unknown:
-        raise KeyError(f"{len(unknown)} record(s) have ids that are not in the task (e.g. {unknown[0]!r})")
-    key = lambda r: (str(r["id"]), r.get("mode"))  # noqa: E731
     existing = read_records(out_path)
     other = next((v.get("judge", {"judge": "rule"}) for v in existing if v.get("judge") != judge.settings), None)
     if other is not None:
         raise ValueError(f"{out_path} holds verdicts of another judge ({_named(other)}); this judge is "
                          f"{_named(judge.settings)}: use another output, or delete it to start over")
-    done = {key(v) for v in existing}
-    todo = list({key(r): r for r in records if key(r) not in done}.values())
+    todo = judges.pending_records(examples, records, existing)
     with tqdm(total=len(todo), desc="LLM judging", unit="answer", disable=not progress) as bar:
         for start in range(0, len(todo), chunk):
             batch = todo[start:start + chunk]
@@ -183,8 +178,7 @@ def judge_records(judge, examples: dict[str, Example], records: Sequence[dict], 
             append_records(out_path, [_verdict(judge, r, example, output, text)
                                       for r, (example, output), text in zip(batch, cases, texts)])
             bar.update(len(batch))
-    by_key = {key(v): v for v in read_records(out_path)}
-    return [by_key[key(r)] for r in records]
+    return judges.verdicts_in_order(out_path, records)
 
 
 def _verdict(judge, record: dict, example: Example, output: str, text: str) -> dict:
