@@ -332,12 +332,6 @@ def encode_text_template(tok, prompts, targets: list[Target], max_len: int) -> t
     pieces (BOS, system block, "[INST] {query} [/INST]") then tokenizer.encode(response) + EOS, each encoded on
     its own; only the response and EOS are supervised. Longer than max_len: cut from the right (LLaMA-Factory
     shares cutoff_len between prompt and response in proportion; no GSM8K item comes near 1024 tokens)."""
-    samples, truncated = [], 0
-    for prompt, t in zip(prompts, targets):
-        head, tail = prompt_ids(tok, prompt), tok.encode(t.response.strip()) + [tok.eos_id]
-        ids, mask = head + tail, [0] * len(head) + [1] * len(tail)
-        if len(ids) > max_len:
-            ids, mask, truncated = ids[:max_len], mask[:max_len], truncated + 1
-        samples.append(Sample(ids, mask, t.source))
-    return [s for s in samples if sum(s.mask[1:])], {"truncated": truncated,
-                                                     "dropped": sum(not sum(s.mask[1:]) for s in samples)}
+    pairs = [(prompt_ids(tok, prompt), tok.encode(t.response.strip()) + [tok.eos_id])
+             for prompt, t in zip(prompts, targets)]
+    return encode(tok, pairs, max_len, [t.source for t in targets])  # trainer.encode's (prompt, response) ids
