@@ -166,9 +166,8 @@ def run(argv: list[str]) -> int:
                 "max_new_tokens": args.max_new_tokens, "nq_mode": args.nq_mode}
     if args.chat_template:  # only when given, so that results files of earlier runs still match
         settings["chat_template"] = args.chat_template
-    if args.judge != "rule":  # absent for the rule judge, so that older result files stay valid
-        settings["judge"] = {"judge": args.judge, "model": args.judge_model, "url": args.judge_url,
-                             "max_new_tokens": args.judge_max_new_tokens}
+    if recorded := llm_judge.flag_settings(args):
+        settings["judge"] = recorded
     items = {}
     for name, (kind, file) in tasks.items():
         items[name] = target_examples(name, file, args.limit, args.split) if kind == "target" \

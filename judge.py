@@ -103,9 +103,8 @@ def run(argv: list[str]) -> int:
         raise IsADirectoryError(f"--out {out} is a folder; give a JSONL file name")
     settings = {"task_file": str(Path(args.task_file).resolve()), "predictions": str(Path(args.predictions).resolve()),
                 "nq_mode": args.nq_mode, "timeout": args.timeout}
-    if args.judge != "rule":  # absent for the rule judge, so that older settings files stay valid
-        settings["judge"] = {"judge": args.judge, "model": args.judge_model, "url": args.judge_url,
-                             "max_new_tokens": args.judge_max_new_tokens}
+    if recorded := llm_judge.flag_settings(args):
+        settings["judge"] = recorded
     device, dtype = device_and_dtype(args.device)
     device = distributed.init(device)  # under torchrun: the ranks share the answers to judge
     judge = llm_judge.make_judge(args.judge, args.judge_model, args.judge_url,

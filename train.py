@@ -168,9 +168,7 @@ def run(argv: list[str]) -> int:
     judge = llm_judge.make_judge(args.judge, args.judge_model, args.judge_url, own=(model, tok, str(args.model)),
                                  max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size,
                                  device=device, dtype=dtype)
-    judged_by = {} if args.judge == "rule" else {"judge": {  # absent for the rule judge: older runs stay valid
-        "judge": args.judge, "model": args.judge_model, "url": args.judge_url,
-        "max_new_tokens": args.judge_max_new_tokens}}
+    judged_by = {"judge": recorded} if (recorded := llm_judge.flag_settings(args)) else {}
 
     with distributed.hold_lock(out):
         # What decides the targets and the training must not change within a run folder, finished or not.

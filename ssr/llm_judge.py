@@ -128,6 +128,15 @@ class EndpointError(ConnectionError):  # an OSError: the scripts print it as one
     pass
 
 
+def flag_settings(args) -> dict | None:
+    """What a script records of its --judge flags beside its output: None for the rule judge (left out, so that
+    settings files written before the LLM judge existed still match)."""
+    if args.judge == "rule":
+        return None
+    return {"judge": args.judge, "model": args.judge_model, "url": args.judge_url,
+            "max_new_tokens": args.judge_max_new_tokens}
+
+
 def make_judge(kind: str, judge_model: str | None = None, judge_url: str | None = None, *, own=None,
                max_new_tokens: int = 256, batch_size: int = 8, device="cpu", dtype=None):
     """The judge the scripts' flags ask for, or None for the rule judge. judge_model: an HF folder or the default
