@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ssr
-from ssr import evaluation, lora, trainer
-from ssr.evaluation import drop_table, run_benchmarks
+from ssr import lora, trainer
+from ssr.harness import evaluation
+from ssr.harness.evaluation import drop_table, run_benchmarks
 from ssr.methods import run_method
-from ssr.runfiles import check_settings, read_records, write_records
-from ssr.tasks import load_task
+from ssr.harness.runfiles import check_settings, read_records, write_records
+from ssr.harness.tasks import load_task
 from ssr.trainer import TrainConfig
 
 # ---------------------------------------------------------------------------------------------------------

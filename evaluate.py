@@ -29,12 +29,13 @@ import sys
 from pathlib import Path
 
 import ssr
-from ssr import cli, distributed, evaluation, judges, llm_judge, lora
+from ssr import lora
+from ssr.harness import cli, distributed, evaluation, judges, llm_judge
 from ssr.checkpoint import device_and_dtype, read_json
-from ssr.sampling import check_prompts
-from ssr.tasks import MBPP_SPLITS
+from ssr.harness.records import check_prompts
+from ssr.harness.tasks import MBPP_SPLITS
 from ssr.tokenizer import TEMPLATES
-from ssr.evaluation import PRIMARY, TARGET_FILES, drop_table, markdown_table, primary_score, run_benchmarks, \
+from ssr.harness.evaluation import PRIMARY, TARGET_FILES, drop_table, markdown_table, primary_score, run_benchmarks, \
     target_examples
 
 
@@ -72,7 +73,7 @@ def results_table(results: dict, paper=None) -> str:
 
 
 def compare(files: list[str], exclude: set[str]) -> str:
-    """The drop table of result files (ssr.evaluation.drop_table), the first file being the base."""
+    """The drop table of result files (ssr.harness.evaluation.drop_table), the first file being the base."""
     runs, limits = {}, {}
     for f in files:
         if not Path(f).is_file():

@@ -19,11 +19,11 @@ from collections import Counter
 from pathlib import Path
 
 import ssr
-from ssr import cli, distributed
+from ssr.harness import cli, distributed
 from ssr.checkpoint import device_and_dtype
-from ssr.runfiles import check_settings, read_records
-from ssr.sampling import check_prompts, generate_records
-from ssr.tasks import MBPP_SPLITS, MODES, TASKS, load_task
+from ssr.harness.runfiles import check_settings, read_records
+from ssr.harness.records import check_prompts, generate_records
+from ssr.harness.tasks import MBPP_SPLITS, MODES, TASKS, load_task
 from ssr.tokenizer import TEMPLATES
 
 

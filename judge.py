@@ -20,10 +20,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import ssr
-from ssr import cli, distributed, judges, llm_judge
+from ssr.harness import cli, distributed, judges, llm_judge
 from ssr.checkpoint import device_and_dtype
-from ssr.runfiles import check_settings, numbered_records, read_records
-from ssr.tasks import TASKS, load_task
+from ssr.harness.runfiles import check_settings, numbered_records, read_records
+from ssr.harness.tasks import TASKS, load_task
 
 
 def summarize(verdicts: list[dict]) -> str:

@@ -29,12 +29,13 @@ import torch
 
 import ssr
 import demo
-from ssr import cli, distributed, llm_judge, lora, methods, trainer
+from ssr import lora, methods, trainer
+from ssr.harness import cli, distributed, llm_judge
 from ssr.checkpoint import device_and_dtype
 from ssr.methods import run_method
-from ssr.runfiles import check_settings
-from ssr.sampling import check_prompts
-from ssr.tasks import MBPP_SPLITS, RECIPES, TASKS, load_task, refuse_test_split
+from ssr.harness.runfiles import check_settings
+from ssr.harness.records import check_prompts
+from ssr.harness.tasks import MBPP_SPLITS, RECIPES, TASKS, load_task, refuse_test_split
 from ssr.tokenizer import TEMPLATES
 from ssr.trainer import RESUMABLE_CHANGES, TrainConfig
 

@@ -10,8 +10,10 @@ at random init is an error naming it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,9 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ssr.model import ModelConfig, Transformer
-from ssr.runfiles import atomic_dir
-from ssr.smollm2 import DEFAULT_MODEL, default_model_dir
 
+DEFAULT_MODEL = "smollm2-135m-instruct"  # the built-in model, made from a GGUF on first use
 MODEL_TYPES = ("llama", "mistral", "qwen2")
 ROPE_KEYS = {"default": (), "linear": ("factor",),  # each RoPE type, and the fields it needs
              "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
@@ -140,6 +141,7 @@ def read_json(path: Path, what: str = "file") -> dict:
 def resolve_model_dir(path_or_name) -> Path:
     """A checkpoint folder, or the built-in default model's folder (built on first use)."""
     if str(path_or_name).lower() == DEFAULT_MODEL:
+        from ssr.harness.default_model import default_model_dir  # the GGUF converter, run once into a cache
         return default_model_dir()
     folder = Path(path_or_name).expanduser()
     if not folder.is_dir():
@@ -227,7 +229,7 @@ def load_model(path_or_name, dtype=torch.float32, device="cpu") -> Transformer:
 
 def save_model(model: Transformer, out_dir, dtype=None, max_shard_bytes: int = 5 * 2**30) -> Path:
     """Write an HF-layout checkpoint (config, safetensors, tokenizer files) that transformers loads, through
-    runfiles.atomic_dir: a crash never leaves a half-written checkpoint, nor loses the one it replaces."""
+    atomic_dir: a crash never leaves a half-written checkpoint, nor loses the one it replaces."""
     out_dir, tied = Path(out_dir), model.config.tie_word_embeddings
     state = {name: p.detach().to("cpu", dtype=dtype or p.dtype).contiguous()
              for name, p in model.state_dict().items() if not (tied and name == "lm_head.weight")}
@@ -261,3 +263,30 @@ def save_model(model: Transformer, out_dir, dtype=None, max_shard_bytes: int = 5
             if source is not None and (Path(source) / name).is_file():
                 shutil.copy2(Path(source) / name, tmp / name)
     return out_dir
+
+
+@contextmanager
+def atomic_dir(final: Path):
+    """Yield a temporary folder that replaces `final` once all of it is synced to disk. A crash leaves the old
+    folder or the new one, never a mix: between the renames the old one sits at `final.old` (the harness's
+    training falls back to it)."""
+    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    yield tmp
+    for path in [*tmp.rglob("*"), tmp]:
+        fsync(path)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

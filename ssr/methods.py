@@ -45,10 +45,11 @@ from typing import Callable
 
 import torch
 
-from ssr import distributed, judges, llm_judge, lora
-from ssr.runfiles import read_records, write_records
-from ssr.sampling import generate_records, prompt_ids
-from ssr.tasks import TASKS, Example, build_prompt, gold_response, predict_messages
+from ssr import lora
+from ssr.harness import distributed, judges, llm_judge
+from ssr.harness.runfiles import read_records, write_records
+from ssr.harness.records import generate_records, prompt_ids
+from ssr.harness.tasks import TASKS, Example, build_prompt, gold_response, predict_messages
 from ssr.trainer import Sample, TrainConfig, encode, train
 
 METHODS = ("sft", "ssr", "s3ft", "sdft")

@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ssr import distributed, lora
-from ssr.runfiles import atomic_dir, check_settings, read_records, write_records
+from ssr import lora
+from ssr.harness import distributed
+from ssr.harness.runfiles import atomic_dir, check_settings, read_records, write_records
 
 
 @dataclass

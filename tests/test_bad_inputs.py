@@ -23,8 +23,8 @@ import train
 from conftest import ROOT
 from hf_oracle import make_checkpoint
 from ssr import lora
-from ssr.runfiles import hold_lock, read_records
-from ssr.tasks import load_task
+from ssr.harness.runfiles import hold_lock, read_records
+from ssr.harness.tasks import load_task
 from test_trainer import RECORDS, tiny_run_folder
 
 SCRIPTS = {"generate": generate.main, "judge": judge.main, "train": train.main, "evaluate": evaluate.main}
@@ -270,7 +270,7 @@ def test_nq_answer_string_is_never_split_into_one_alias_per_character(inputs, tm
     nq = jsonl(tmp_path / "nq.jsonl", [{"question": "what animal barks", "answer": ["a dog", "dog"]}])
     example = load_task(nq)[0]
     assert example.answers == ["a dog", "dog"]
-    assert not ssr.judges.nq("I do not know, maybe it is a cat.", example.answers).correct
+    assert not ssr.harness.judges.nq("I do not know, maybe it is a cat.", example.answers).correct
 
 
 def test_evaluate_refuses_predictions_made_with_other_settings(inputs, tmp_path, capsys):

@@ -5,8 +5,8 @@ import pytest
 
 import demo
 import ssr.sampling
-from ssr import judges
-from ssr.tasks import to_example
+from ssr.harness import judges
+from ssr.harness.tasks import to_example
 
 
 def test_word_problems_are_deterministic_distinct_and_split_cleanly():
@@ -56,8 +56,9 @@ def test_quick_demo_end_to_end_then_cached(tmp_path, monkeypatch, capsys):
 def test_base_model_accuracy_is_in_the_intended_band():
     """Measured once (42% on 64 problems, recorded in the README): between a third and two thirds."""
     import ssr
-    from ssr import tasks
-    from ssr.sampling import complete, prompt_ids
+    from ssr.harness import tasks
+    from ssr.sampling import complete
+    from ssr.harness.records import prompt_ids
 
     model, tok = ssr.load_model(ssr.DEFAULT_MODEL), ssr.load_tokenizer(ssr.DEFAULT_MODEL)
     examples = [to_example(r, i, "gsm8k") for i, r in enumerate(demo.word_problems(demo.one_step, 64, 11))]

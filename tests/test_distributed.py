@@ -21,7 +21,7 @@ import ssr
 import train
 from conftest import ROOT
 from ssr import lora, trainer
-from ssr.runfiles import read_records
+from ssr.harness.runfiles import read_records
 from test_trainer import tiny_run_folder
 
 QUESTIONS = [{"question": f"what is {a} plus {b}", "answer": f"{a} plus {b} is {a + b}\n#### {a + b}"}

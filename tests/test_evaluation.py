@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import ssr
-from ssr import evaluation as benchmarks
-from ssr.evaluation import loglikelihoods, score_questions, split_tokens
+from ssr.harness import evaluation as benchmarks
+from ssr.harness.evaluation import loglikelihoods, score_questions, split_tokens
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import pytest
 import ssr
 from hf_oracle import make_checkpoint
 from ssr import methods
-from ssr.sampling import complete, generate_records, prompt_ids
-from ssr.tasks import Example, build_prompt, load_task, predict_messages
+from ssr.sampling import complete
+from ssr.harness.records import generate_records, prompt_ids
+from ssr.harness.tasks import Example, build_prompt, load_task, predict_messages
 
 TOKENIZERS = {  # format -> (tokenizer folder, tokenizer_config to use or None, vocab size)
     "chatml": ("Qwen2.5-Instruct", None, 151936),

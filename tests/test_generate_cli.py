@@ -15,10 +15,10 @@ import generate
 import ssr
 from conftest import ROOT
 from hf_oracle import rewrite_config
-from ssr import tasks as prompts
-from ssr.runfiles import read_records
-from ssr.sampling import generate_records, prompt_ids
-from ssr.tasks import load_task
+from ssr.harness import tasks as prompts
+from ssr.harness.runfiles import read_records
+from ssr.harness.records import generate_records, prompt_ids
+from ssr.harness.tasks import load_task
 
 TASK_FILES = {"gsm8k": "data/gsm8k/train.jsonl", "mbpp": "data/mbpp/mbpp.jsonl", "nq": "data/nq_open/NQ-open.dev.jsonl"}
 KEYS = {"prompt_text", "id", "mode", "messages", "output", "finish_reason", "prompt_tokens", "output_tokens",

@@ -7,9 +7,9 @@ from decimal import Decimal
 import pytest
 
 import judge as judge_cli
-from ssr import judges
-from ssr.runfiles import append_records, read_records
-from ssr.tasks import Example, load_task
+from ssr.harness import judges
+from ssr.harness.runfiles import append_records, read_records
+from ssr.harness.tasks import Example, load_task
 
 # --------------------------------------------------------------------------------------------------------
 # GSM8K

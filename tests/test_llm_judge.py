@@ -15,9 +15,9 @@ import pytest
 
 import judge as judge_cli
 import ssr
-from ssr import llm_judge
-from ssr.llm_judge import UNPARSEABLE, parse_verdict
-from ssr.tasks import Example, clean_gold, judge_messages
+from ssr.harness import llm_judge
+from ssr.harness.llm_judge import UNPARSEABLE, parse_verdict
+from ssr.harness.tasks import Example, clean_gold, judge_messages
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,8 +1,9 @@
 """Each method picks exactly the expected target for every example, from canned generations and verdicts."""
 import json
 
-from ssr import judges, methods
-from ssr.tasks import Example
+from ssr import methods
+from ssr.harness import judges
+from ssr.harness.tasks import Example
 
 
 def gen(output, finish="stop"):

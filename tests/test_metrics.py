@@ -12,8 +12,8 @@ import csv
 import pytest
 
 import ssr
-from ssr import evaluation
-from ssr.evaluation import MCQuestion, loglikelihoods, score_questions, split_tokens
+from ssr.harness import evaluation
+from ssr.harness.evaluation import MCQuestion, loglikelihoods, score_questions, split_tokens
 
 
 def lm_eval_mmlu(subject: str, row: list[str]) -> str:

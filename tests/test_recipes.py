@@ -14,8 +14,8 @@ import ssr
 import train
 from hf_oracle import make_checkpoint
 from ssr import methods
-from ssr.sampling import prompt_ids, prompt_text
-from ssr.tasks import build_prompt, gold_response, load_task
+from ssr.harness.records import prompt_ids, prompt_text
+from ssr.harness.tasks import build_prompt, gold_response, load_task
 
 LLAMA2 = "tokenizers/Llama-2-7b-chat-hf"
 

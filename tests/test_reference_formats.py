@@ -109,8 +109,8 @@ def test_prefilled_prompt_is_metas_prompt_with_the_prefix(shared):
     """SDFT's rewrite prompt ends inside the assistant turn: the ids are the reference encoding of the prompt
     text and the prefill together, with nothing of the template's end of turn after it."""
     spm = pytest.importorskip("sentencepiece")
-    from ssr.sampling import prompt_ids
-    from ssr.tasks import Prompt
+    from ssr.harness.records import prompt_ids
+    from ssr.harness.tasks import Prompt
 
     folder = shared / "tokenizers" / "Llama-2-7b-chat-hf"
     sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))

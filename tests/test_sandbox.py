@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from ssr import judges, sandbox
-from ssr.sandbox import Isolation, Limits
+from ssr.harness import judges, sandbox
+from ssr.harness.sandbox import Isolation, Limits
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 1.5

@@ -13,7 +13,7 @@ import torch
 
 import ssr
 
-from ssr import smollm2
+from ssr.harness import default_model as smollm2
 
 PROMPTS = [
     "The capital of France is",

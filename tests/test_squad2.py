@@ -11,9 +11,9 @@ import pytest
 
 import train
 from hf_oracle import make_checkpoint
-from ssr import judges
-from ssr.evaluation import grounded_qa_scores, squad_tokens, token_recall
-from ssr.tasks import UNANSWERABLE, build_prompt, detect_task, gold_response, load_task
+from ssr.harness import judges
+from ssr.harness.evaluation import grounded_qa_scores, squad_tokens, token_recall
+from ssr.harness.tasks import UNANSWERABLE, build_prompt, detect_task, gold_response, load_task
 
 # ---------------------------------------------------------------------------------------------------------
 # the oracle: SQuAD 2.0's official evaluate-v2.0.py, its normalize_answer / get_tokens and the overlap count of

@@ -9,8 +9,8 @@ import torch
 
 import evaluate
 import ssr
-from ssr import evaluation
-from ssr.evaluation import load_winogrande, score_questions, split_tokens
+from ssr.harness import evaluation
+from ssr.harness.evaluation import load_winogrande, score_questions, split_tokens
 
 
 def lm_eval_requests(row):

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
+from ssr.checkpoint import atomic_dir, fsync
+
 
 def read_records(path: str | Path, *, partial_tail: bool = True) -> list[dict]:
     """All records of a JSONL file ([] if it does not exist), the one JSONL reader of the project.
@@ -133,33 +135,6 @@ def hold_lock(out: str | Path):
         yield path
     finally:
         f.close()  # releases the lock
-
-
-@contextmanager
-def atomic_dir(final: Path):
-    """Yield a temporary folder that replaces `final` once all of it is synced to disk. A crash leaves the old
-    folder or the new one, never a mix: between the renames the old one sits at `final.old` (the trainer's
-    loop falls back to it)."""
-    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    yield tmp
-    for path in [*tmp.rglob("*"), tmp]:
-        _fsync(path)
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync(final.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _repair_tail(path: Path) -> None:

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssr.runfiles import numbered_records
+from ssr.harness.runfiles import numbered_records
 
 TASKS = ("gsm8k", "mbpp", "nq", "squad2")  # the tasks with a rule-based judge (ssr/judges.py)
 

