@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ssr
-from ssr import lora, trainer
-from ssr.harness import evaluation
+from ssr import lora
+from ssr.harness import evaluation, training
 from ssr.harness.evaluation import drop_table, run_benchmarks
-from ssr.methods import run_method
+from ssr.harness.pipeline import run_method
 from ssr.harness.runfiles import check_settings, read_records, write_records
 from ssr.harness.tasks import load_task
 from ssr.trainer import TrainConfig
@@ -157,7 +157,7 @@ def run(out: Path, size: DemoSize, data_dir: Path | None = None, progress: bool 
     for method in ("sft", "ssr"):
         print(f"== {method}", flush=True)
         run_dir = out / method
-        check_settings(run_dir / "run.json", {"method": method, "loss": trainer.loss_identity(), **settings},
+        check_settings(run_dir / "run.json", {"method": method, "loss": training.loss_identity(), **settings},
                        str(run_dir))
         cfg = TrainConfig(epochs=size.epochs, lr=LR, warmup=0.1, micro_batch=4, grad_accum=2, save_every=20,
                           seed=0)

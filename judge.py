@@ -23,6 +23,7 @@ import ssr
 from ssr.harness import cli, distributed, judges, llm_judge
 from ssr.checkpoint import device_and_dtype
 from ssr.harness.runfiles import check_settings, numbered_records, read_records
+from ssr.harness.pipeline import check_judge
 from ssr.harness.tasks import TASKS, load_task
 
 
@@ -86,9 +87,7 @@ def run(argv: list[str]) -> int:
     # every input is read and checked before anything is written
     examples = {ex.id: ex for ex in load_task(args.task_file, args.task)}
     task = next(iter(examples.values())).task
-    if task not in TASKS and args.judge != "llm":
-        raise ValueError(f"--task-file {args.task_file} holds {task!r} records; rule-based judges exist for "
-                         f"{', '.join(TASKS)} (use --judge llm)")
+    check_judge(task, args.judge, "judging", f"--task-file {args.task_file}")
     predictions = read_predictions(Path(args.predictions))
     known = [r for r in predictions if str(r["id"]) in examples]
     if not known:

@@ -9,7 +9,7 @@ model's own answer where the judge accepts it; s3ft that, else the model's parap
 the model's rewrite of gold. Targets come from the base model before any training. Then one LoRA
 loop (ssr/trainer.py) trains on (task prompt, target) with the loss on the target only.
 
---recipe sets every default below (ssr/methods.py RECIPES, sources in docs/recipes.md): "project"
+--recipe sets every default below (ssr/harness/recipes.py, sources in docs/recipes.md): "project"
 (greedy targets, the task prompts in the model's chat template) or "sdft", SDFT's published GSM8K
 recipe as its official code runs it (sampled rewrites, its own prompts, filter and training settings),
 the default of --method sdft on GSM8K. MBPP: --split train|validation|test|prompt (official task_ids);
@@ -29,18 +29,18 @@ import torch
 
 import ssr
 import demo
-from ssr import lora, methods, trainer
-from ssr.harness import cli, distributed, llm_judge
+from ssr import lora
 from ssr.checkpoint import device_and_dtype
-from ssr.methods import run_method
-from ssr.harness.runfiles import check_settings
+from ssr.harness import cli, distributed, llm_judge
+from ssr.harness.pipeline import check_judge, run_method
+from ssr.harness.recipes import RECIPES, default_recipe
 from ssr.harness.records import check_prompts
-from ssr.harness.tasks import MBPP_SPLITS, RECIPES, TASKS, load_task, refuse_test_split
+from ssr.harness.runfiles import check_settings
+from ssr.harness.tasks import MBPP_SPLITS, TASKS, load_task, refuse_test_split
+from ssr.harness.training import RESUMABLE_CHANGES, loss_identity
+from ssr.methods import METHODS, NEEDS
 from ssr.tokenizer import TEMPLATES
-from ssr.trainer import RESUMABLE_CHANGES, TrainConfig
-
-# the generations each method asks the base model for (ssr/methods.py); their prompts must fit its context
-MODES = {"sft": (), "ssr": ("predict",), "s3ft": ("predict", "paraphrase"), "sdft": ("rewrite",)}
+from ssr.trainer import TrainConfig
 
 
 def lora_module_list(text: str) -> tuple[str, ...]:
@@ -57,7 +57,7 @@ def parse_args(argv):
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--demo", action="store_true", help="run the CPU demo (the default with no arguments); "
                                                        "see python demo.py -h for its options")
-    p.add_argument("--method", choices=methods.METHODS, default="sft", help="how the targets are chosen")
+    p.add_argument("--method", choices=METHODS, default="sft", help="how the targets are chosen")
     p.add_argument("--task", choices=(*TASKS, "chat"), help="the data's format (default: detected; a .json file "
                                                            "is SQuAD 2.0's official layout)")
     p.add_argument("--data", help="a GSM8K, MBPP, NQ-open or grounded-QA JSONL file, SQuAD 2.0's official JSON, "
@@ -141,11 +141,10 @@ def run(argv: list[str]) -> int:
     if not args.allow_test_split:  # the whole file or split, not only its first --limit: ask for a split by name
         refuse_test_split(examples, args.data)
     examples = examples[:args.limit] if args.limit else examples
-    if args.method != "sft" and examples[0].task not in TASKS and args.judge != "llm":
-        raise ValueError(f"--method {args.method} needs a judge: a rule judge exists for tasks {', '.join(TASKS)}; "
-                         f"--data {args.data} holds {examples[0].task!r} records (use --judge llm, or --method sft)")
-    recipe = args.recipe or methods.default_recipe(args.method, examples[0].task)
-    for name, value in methods.RECIPES[recipe].items():  # a flag left unset takes the recipe's value
+    if args.method != "sft":
+        check_judge(examples[0].task, args.judge, f"--method {args.method}", f"--data {args.data}")
+    recipe = args.recipe or default_recipe(args.method, examples[0].task)
+    for name, value in RECIPES[recipe].items():  # a flag left unset takes the recipe's value
         if getattr(args, name) is None:
             setattr(args, name, lora_module_list(value) if name == "lora_modules" else value)
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.sample_seed}
@@ -159,7 +158,7 @@ def run(argv: list[str]) -> int:
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
     cli.require_chat_template(tok, args.model)
     model = ssr.load_model(args.model, dtype=dtype, device=device)
-    for mode in MODES[args.method]:
+    for mode in NEEDS[args.method]:  # the generations it asks for must fit the model's context
         check_prompts(model, tok, examples, mode, args.max_new_tokens, recipe)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -179,7 +178,7 @@ def run(argv: list[str]) -> int:
                 "limit": args.limit, "split": args.split, "recipe": recipe, "chat_template": args.chat_template,
                 "sampling": {"do_sample": args.temperature > 0, **sampling, "max_new_tokens": args.max_new_tokens},
                 "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings), "max_len": args.max_len,
-                "loss": trainer.loss_identity(), "quality_rule": quality,
+                "loss": loss_identity(), "quality_rule": quality,
                 "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}, **judged_by},
                 str(out))
         try:

@@ -1,38 +1,29 @@
-"""LoRA training: the loss, batches, and a loop with accumulation, checkpoints and exact resume.
+"""LoRA training: the loss, batches, one optimizer step, and the loop.
 
 Read it top to bottom: `TrainConfig`; `loss`, the one function to edit to change what training
 optimises (docs/loss.md has worked variants); the data, conversations -> (ids, mask, source) ->
-micro-batches by token budget; `train_step`; `train`; checkpoints.
+micro-batches by token budget; `train_step`; `train`.
 
 One optimizer step takes `grad_accum` micro-batches. Which samples go into which micro-batch of which
 step is a pure function of the sample lengths and the seed, and the learning rate one of the step, so
-the step number alone says where a run stands. The trap avoided: a resumed run that silently differs
-from an uninterrupted one. A checkpoint (swapped in atomically) holds the adapter, AdamW's state and
-torch's RNG (LoRA dropout draws from it); the metrics file is cut back to its step; and a resume with
-other data or settings is refused. Under torchrun (ssr/distributed.py) each step's micro-batches are
-dealt to the ranks and their LoRA gradients summed: the same steps as one process (see `train_step`).
-
-Outputs under out_dir: metrics.jsonl (one line a step), checkpoint/ (the latest), adapter/ (the final one).
+the step number alone says where a run stands: that is what lets a run resume exactly. The loop has
+hooks and nothing else: `start` and `opt` to continue a run, `on_step` to log and save, `world` to sum
+over processes. ssr/harness/training.py uses them for run folders (checkpoints, metrics.jsonl, resume
+after a crash, torchrun); a learner never needs it.
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from ssr import lora
-from ssr.harness import distributed
-from ssr.harness.runfiles import atomic_dir, check_settings, read_records, write_records
 
 
 @dataclass
@@ -47,12 +38,9 @@ class TrainConfig:
     batch_tokens: int = 8192  # tokens per micro-batch after padding, at most
     grad_accum: int = 4  # micro-batches per optimizer step
     seed: int = 0
-    save_every: int = 100  # steps between checkpoints (one is always written at the end); 0: only at the end
+    save_every: int = 100  # steps between checkpoints of a run folder (the harness's); 0: only at the end
     checkpointing: bool = False  # activation checkpointing: recompute each block in backward, to save memory
     bf16: bool = True  # bf16 autocast on CUDA; CPU always computes in float32
-
-
-RESUMABLE_CHANGES = ("save_every", "checkpointing")  # config fields a resumed run may change
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,36 +176,42 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def loss_identity() -> str:
-    """Which loss trains: its name and a hash of its source. Run folders record it, so that a rerun with
-    another (or an edited) loss is refused rather than mixed into the same adapter."""
-    try:
-        source = inspect.getsource(loss)
-    except (OSError, TypeError):  # defined where no source is kept (an interactive session)
-        source = ""
-    return f"{loss.__module__}.{loss.__qualname__} {hashlib.sha256(source.encode()).hexdigest()[:12]}"
+class World:
+    """The processes that train together: one, here. Under torchrun ssr/harness/distributed.py passes one whose
+    sums run over all ranks; `train_step` and `train` need nothing else from it."""
+    rank, size = 0, 1
+
+    def sum(self, x: float) -> float:  # a number summed over processes
+        return x
+
+    def sum_grads(self, params: list[torch.Tensor]) -> None:  # gradients summed over processes, in place
+        pass
 
 
-def train_step(model, opt, batches: list[Batch], lr: float, max_grad_norm: float, amp=nullcontext()) -> dict:
+ONE_PROCESS = World()
+
+
+def train_step(model, opt, batches: list[Batch], lr: float, max_grad_norm: float, amp=nullcontext(),
+               world: World = ONE_PROCESS) -> dict:
     """One optimizer step over micro-batches; raises FloatingPointError before applying a step whose loss or
     gradient is not finite.
 
-    Under torchrun `batches` are this rank's share of the step, and what the ranks exchange is small: the
+    With several processes `batches` are this one's share of the step, and what they exchange is small: the
     supervised-token count before any backward (the normaliser is the whole step's, on all ranks, so a token
     weighs the same wherever it was computed), then the LoRA gradients, summed (the frozen base has none),
     and the loss for the log. Every rank then clips the same summed gradient and applies the same update: the
     one-process step for the same global batch. (DistributedDataParallel would average instead of sum, and
     hide the exchange in backward hooks that accumulation must switch off.)"""
-    n_tokens = distributed.all_sum(sum(int(b.loss_mask[:, 1:].sum()) for b in batches))  # before any backward
+    n_tokens = world.sum(sum(int(b.loss_mask[:, 1:].sum()) for b in batches))  # before any backward
     total = 0.0
     for batch in batches:
         with amp:
             micro = loss(model, batch, n_tokens)
         micro.backward()
         total += micro.detach()
-    total = distributed.all_sum(float(total))
+    total = world.sum(float(total))
     params = [p for group in opt.param_groups for p in group["params"]]
-    distributed.all_reduce_grads(params)
+    world.sum_grads(params)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf")))
     if not (math.isfinite(total) and math.isfinite(grad_norm)):
         opt.zero_grad(set_to_none=True)
@@ -229,119 +223,44 @@ def train_step(model, opt, batches: list[Batch], lr: float, max_grad_norm: float
     return {"loss": total, "grad_norm": grad_norm, "tokens": n_tokens}
 
 
-def train(model, samples: list[Sample], cfg: TrainConfig, out_dir, resume: bool = False,
-          progress: bool = True) -> list[dict]:
-    """Fine-tune the model's LoRA adapters on samples; returns this call's per-step metrics. With resume=True
-    a run continues from out_dir/checkpoint (or starts, if there is none yet)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def train(model, samples: list[Sample], cfg: TrainConfig, *, opt=None, start: int = 0, on_step=None,
+          world: World = ONE_PROCESS, progress: bool = True) -> list[dict]:
+    """Fine-tune the model's LoRA adapters on samples, steps `start` to the end of the plan; returns the
+    per-step metrics. `opt`: an AdamW to continue (else a new one); on_step(step, row) runs after each step
+    (1-based step), e.g. to log or save a checkpoint. Raises FloatingPointError, naming the step, before
+    applying a step whose loss or gradient is not finite."""
     device = model.lm_head.weight.device
-    opt = make_optimizer(model, cfg)
+    opt = opt or make_optimizer(model, cfg)
     plan = make_plan([len(s.ids) for s in samples], cfg)
-    metrics_file = out_dir / "metrics.jsonl"
-    fingerprint = hashlib.sha256(b"".join(json.dumps([s.ids, s.mask, s.source]).encode() for s in samples)).hexdigest()
-
-    # the latest checkpoint; checkpoint.old is the previous one, left by a crash in the middle of a swap
-    ckpt = next((out_dir / name for name in ("checkpoint", "checkpoint.old")
-                 if (out_dir / name / "state.json").is_file()), None)
-    if ckpt is not None and not resume:
-        raise FileExistsError(f"{out_dir} already holds a run (checkpoint at {ckpt}): continue it "
-                              "(resume=True; rerunning train.py does), or choose another output folder")
-    main = distributed.is_main()  # under torchrun, rank 0 alone writes the run's files
-    with distributed.main_first():
-        check_settings(out_dir / "train.json", {**asdict(cfg), "loss": loss_identity(),
-                                                "data_fingerprint": fingerprint},
-                       f"training run {out_dir}", may_change=RESUMABLE_CHANGES)
-    start = saved_at = 0  # saved_at: the step of the last checkpoint written, 0 if none
-    if ckpt is not None:
-        start = saved_at = load_checkpoint(ckpt, model, opt)
-        if metrics_file.is_file() and main:  # drop the steps after the checkpoint: they are logged again
-            write_records(metrics_file, [r for r in read_records(metrics_file) if r["step"] <= start])
-        print(f"resuming {out_dir} after step {start} of {len(plan)}")
-    else:
-        if resume:
-            print(f"no checkpoint in {out_dir}: starting a new run")
-        torch.manual_seed(cfg.seed + distributed.rank())  # LoRA dropout draws from torch's RNG, its own on each rank
-        if main:
-            metrics_file.unlink(missing_ok=True)
-
     model.train()
     model.checkpointing = cfg.checkpointing
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
-    history = []
-    bar = tqdm(total=len(plan), initial=start, desc="train", unit="step", disable=not (progress and main),
-               dynamic_ncols=True)
-    t_start = time.perf_counter()
-    with open(metrics_file, "a") if main else nullcontext() as log:
-        for step in range(start, len(plan)):
-            epoch, window = plan[step]
-            mine = window[distributed.rank()::distributed.world()]  # the step's micro-batches, dealt to the ranks
-            batches = [collate([samples[i] for i in idx], device) for idx in mine]
-            lr = lr_at(step, len(plan), cfg)
-            t0 = time.perf_counter()
-            try:
-                stats = train_step(model, opt, batches, lr, cfg.max_grad_norm, amp)
-            except FloatingPointError as e:
-                bar.close()
-                last = (f"the last good checkpoint is {out_dir / 'checkpoint'} (step {saved_at})" if saved_at
-                        else "no checkpoint had been written yet")
-                raise FloatingPointError(f"step {step + 1}: {e}; stopped without applying it, {last}") from None
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - t0
-            input_tokens = sum(len(samples[i].ids) for idx in window for i in idx)
-            row = {"step": step + 1, "epoch": epoch, "loss": stats["loss"], "lr": lr, "grad_norm": stats["grad_norm"],
-                   "tokens": stats["tokens"], "input_tokens": input_tokens, "tokens_per_s": input_tokens / seconds,
-                   "elapsed_s": time.perf_counter() - t_start}
-            if main:
-                print(json.dumps(row), file=log, flush=True)
-            history.append(row)
-            bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
-            if step + 1 == len(plan) or (cfg.save_every and (step + 1) % cfg.save_every == 0):
-                save_checkpoint(out_dir, model, opt, {"step": step + 1, "epoch": epoch,
-                                                      "step_in_epoch": sum(e == epoch for e, _ in plan[:step + 1])})
-                saved_at = step + 1
+    history, t_start = [], time.perf_counter()
+    bar = tqdm(total=len(plan), initial=start, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (progress and world.rank == 0))
+    for step in range(start, len(plan)):
+        epoch, window = plan[step]
+        mine = window[world.rank::world.size]  # the step's micro-batches, dealt to the processes
+        batches = [collate([samples[i] for i in idx], device) for idx in mine]
+        lr = lr_at(step, len(plan), cfg)
+        t0 = time.perf_counter()
+        try:
+            stats = train_step(model, opt, batches, lr, cfg.max_grad_norm, amp, world)
+        except FloatingPointError as e:
+            bar.close()
+            raise FloatingPointError(f"step {step + 1}: {e}; stopped without applying it") from None
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # honest timings
+        seconds = time.perf_counter() - t0
+        input_tokens = sum(len(samples[i].ids) for idx in window for i in idx)
+        row = {"step": step + 1, "epoch": epoch, "loss": stats["loss"], "lr": lr, "grad_norm": stats["grad_norm"],
+               "tokens": stats["tokens"], "input_tokens": input_tokens, "tokens_per_s": input_tokens / seconds,
+               "elapsed_s": time.perf_counter() - t_start}
+        history.append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", tok_s=f"{row['tokens_per_s']:.0f}")
+        if on_step is not None:
+            on_step(step + 1, row)
     bar.close()
     model.eval()
-    if main:
-        with atomic_dir(out_dir / "adapter") as tmp:
-            lora.save_adapter(model, tmp)
-    distributed.barrier()  # every rank returns once the adapter is on disk
     return history
-
-
-# ---------------------------------------------------------------------------------------------------------
-# checkpoints: the settings and data a run belongs to are in out_dir/train.json
-
-
-def save_checkpoint(out_dir: Path, model, opt, position: dict) -> None:
-    """position: steps done, and the epoch and step within it they end in (where the data stand). Under torchrun
-    every rank calls it and rank 0 writes it: the adapter and AdamW state are the same on all ranks, the RNG
-    states (LoRA dropout) are each rank's own, so it keeps them all, and the world size they belong to."""
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    if distributed.world() > 1:
-        rng, position = distributed.all_gather(rng), {**position, "world_size": distributed.world()}
-    if not distributed.is_main():
-        return
-    with atomic_dir(out_dir / "checkpoint") as tmp:
-        lora.save_adapter(model, tmp / "adapter")
-        torch.save({"optimizer": opt.state_dict(), "rng": rng}, tmp / "trainer_state.pt")
-        (tmp / "state.json").write_text(json.dumps(position, indent=2))
-
-
-def load_checkpoint(ckpt: Path, model, opt) -> int:
-    """Restore adapter, optimizer and RNG states from a checkpoint; returns the number of steps done."""
-    position = json.loads((ckpt / "state.json").read_text())
-    if position.get("world_size", 1) != distributed.world():  # each rank's dropout RNG continues on that rank
-        raise ValueError(f"{ckpt} was written by {position.get('world_size', 1)} process(es) and this run has "
-                         f"{distributed.world()} (WORLD_SIZE): continue it with the same number of processes "
-                         "(torchrun --nnodes x --nproc_per_node), or train into another folder")
-    lora.load_adapter(model, ckpt / "adapter")
-    state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
-    opt.load_state_dict(state["optimizer"])
-    rng = state["rng"][distributed.rank()] if isinstance(state["rng"], list) else state["rng"]
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return position["step"]

@@ -4,7 +4,7 @@ import re
 import pytest
 
 import demo
-import ssr.sampling
+import ssr.harness.records
 from ssr.harness import judges
 from ssr.harness.tasks import to_example
 
@@ -46,7 +46,7 @@ def test_quick_demo_end_to_end_then_cached(tmp_path, monkeypatch, capsys):
         assert (out / method / "adapter" / "adapter_model.safetensors").is_file()
     assert len((out / "ssr" / "predict.jsonl").read_text().splitlines()) == 8
     # A second run reuses everything: no generation at all, the same table.
-    monkeypatch.setattr(ssr.sampling, "complete", lambda *a, **k: pytest.fail("generated again"))
+    monkeypatch.setattr(ssr.harness.records, "complete", lambda *a, **k: pytest.fail("generated again"))
     capsys.readouterr()
     assert demo.main(["--quick", "--quiet", "--out", str(tmp_path)]) == 0
     assert report.strip() in capsys.readouterr().out

@@ -22,6 +22,7 @@ import train
 from conftest import ROOT
 from ssr import lora, trainer
 from ssr.harness.runfiles import read_records
+from ssr.harness import distributed, training
 from test_trainer import tiny_run_folder
 
 QUESTIONS = [{"question": f"what is {a} plus {b}", "answer": f"{a} plus {b} is {a + b}\n#### {a + b}"}
@@ -131,7 +132,7 @@ def test_killed_rank_ends_the_job_and_the_rerun_ends_as_one_process(setup, tmp_p
     with pytest.raises(ValueError, match=r"written by 2 process\(es\) and this run has 1"):
         m = ssr.load_model(setup / "model")
         lora.apply_lora(m, r=8, alpha=16, targets=("q_proj", "v_proj", "down_proj"))
-        trainer.load_checkpoint(tmp_path / "two" / "checkpoint", m, trainer.make_optimizer(m, trainer.TrainConfig()))
+        training.load_checkpoint(tmp_path / "two" / "checkpoint", m, trainer.make_optimizer(m, trainer.TrainConfig()))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -151,7 +152,7 @@ def step(model_dir, mine):
     torch.manual_seed(0)
     model = lora.apply_lora(ssr.load_model(model_dir), r=4, targets=("q_proj", "v_proj"))
     opt = torch.optim.SGD(lora.lora_parameters(model))  # plain SGD: the update is the gradient, unrescaled
-    stats = trainer.train_step(model, opt, mine, lr=1.0, max_grad_norm=0.0)
+    stats = trainer.train_step(model, opt, mine, lr=1.0, max_grad_norm=0.0, world=distributed.Ranks())
     return stats, {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
 
 

@@ -8,6 +8,7 @@ import pytest
 import ssr
 from hf_oracle import make_checkpoint
 from ssr import methods
+from ssr.harness import pipeline
 from ssr.sampling import complete
 from ssr.harness.records import generate_records, prompt_ids
 from ssr.harness.tasks import Example, build_prompt, load_task, predict_messages
@@ -64,10 +65,10 @@ def test_supervised_ids_are_the_generated_ids_and_stop_token(model_and_tok, exam
     assert record["output_ids"] == generated.tokens[len(generated.tokens) - len(record["output_ids"]):]
     assert tok.decode(record["output_ids"]).strip() == record["output"].strip()
 
-    answer = methods.Answer(record["output"], None, methods.generated_ids(record, tmp_path / f"{mode}.jsonl"))
+    answer = methods.Answer(record["output"], None, pipeline.generated_ids(record, tmp_path / f"{mode}.jsonl"))
     source = {"predict": "self", "rewrite": "rewrite"}[mode]
     target = methods.first_accepted(example, {example.id: "gold"}, ({example.id: answer}, source))
-    (sample,), cut = methods.training_samples(tok, [example], [target], max_len=4096)
+    (sample,), cut = methods.training_samples(tok, [predict_messages(example)], [target], max_len=4096)
     prompt = tok.apply_chat_template(predict_messages(example), add_generation_prompt=True)
     assert sample.ids[:len(prompt)] == prompt and not any(sample.mask[:len(prompt)])  # trained on the task prompt
     supervised = [t for t, m in zip(sample.ids, sample.mask) if m]
@@ -75,10 +76,10 @@ def test_supervised_ids_are_the_generated_ids_and_stop_token(model_and_tok, exam
     assert sample.source == source and cut == {"truncated": 0, "dropped": 0}
 
     # targets.jsonl keeps the text for reading and the ids for training; a rerun reads both back
-    methods.build_targets("ssr", [example], lambda m, exs: {example.id: answer} if m == "predict" else {}, tmp_path)
+    pipeline.build_targets("ssr", [example], lambda m, exs: {example.id: answer} if m == "predict" else {}, tmp_path)
     row = json.loads((tmp_path / "targets.jsonl").read_text())
     assert row["response"] == record["output"] and row["response_ids"] == supervised
-    assert methods.build_targets("ssr", [example], None, tmp_path)[0].ids == supervised
+    assert pipeline.build_targets("ssr", [example], None, tmp_path)[0].ids == supervised
 
 
 def test_reencoding_would_not_give_the_generated_ids_back(shared, tmp_path):
@@ -97,5 +98,5 @@ def test_reencoding_would_not_give_the_generated_ids_back(shared, tmp_path):
     assert tok.tk.id_to_token(reencoded[0]) == "The" and reencoded != generated
     target = methods.Target("0", "The answer is 4.", "self", generated)
     example = Example("0", "chat", "What is 2+2?", "The answer is 4.", messages=messages)
-    (sample,), _ = methods.training_samples(tok, [example], [target], max_len=256)
+    (sample,), _ = methods.training_samples(tok, [predict_messages(example)], [target], max_len=256)
     assert [t for t, m in zip(sample.ids, sample.mask) if m] == generated

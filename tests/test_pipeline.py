@@ -5,8 +5,8 @@ import shutil
 import pytest
 from safetensors import safe_open
 
-import ssr.methods
-import ssr.sampling
+import ssr.harness.pipeline
+import ssr.harness.records
 import train
 from hf_oracle import make_checkpoint
 from ssr.methods import METHODS, SOURCES
@@ -57,8 +57,8 @@ def test_method_end_to_end_and_rerun_reuses_every_step(method, qwen_dir, gsm8k_f
 
     # The same command again: nothing is generated, judged or trained a second time.
     before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    monkeypatch.setattr(ssr.sampling, "complete", lambda *a, **k: pytest.fail("generated again"))
-    monkeypatch.setattr(ssr.methods, "train", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(ssr.harness.records, "complete", lambda *a, **k: pytest.fail("generated again"))
+    monkeypatch.setattr(ssr.harness.pipeline, "train", lambda *a, **k: pytest.fail("trained again"))
     capsys.readouterr()
     assert train.main(argv(method, qwen_dir, gsm8k_file, out)) == 0
     assert "already trained" in capsys.readouterr().out

@@ -14,6 +14,7 @@ import ssr
 import train
 from hf_oracle import make_checkpoint
 from ssr import methods
+from ssr.harness import recipes
 from ssr.harness.records import prompt_ids, prompt_text
 from ssr.harness.tasks import build_prompt, gold_response, load_task
 
@@ -71,7 +72,7 @@ def test_sdft_prompts_equal_the_official_rendering_id_for_id(shared, gsm8k, sp):
         assert sp.id_to_piece(prompt_ids(tok, build_prompt(e, "rewrite", "sdft"))[-1]) == "▁"
         # a training sample: the train prompt's ids, then encode(response) + EOS, only those supervised
         target = methods.Target(e.id, resp, "gold")
-        [sample], _ = methods.encode_text_template(tok, [build_prompt(e, "train", "sdft")], [target], 1024)
+        [sample], _ = recipes.encode_text_template(tok, [build_prompt(e, "train", "sdft")], [target], 1024)
         head = [sp.bos_id()] + [i for piece in trained for i in sp.encode(piece)]
         assert sample.ids == head + sp.encode(resp) + [sp.eos_id()]
         assert sample.mask == [0] * len(head) + [1] * (len(sample.ids) - len(head))
@@ -100,16 +101,16 @@ def test_sdft_verify_phrases_and_prefix(text, why):
     ("no number at all", False),
 ])
 def test_sdft_last_integer_rule(output, ok):
-    assert methods.sdft_check_math(output, "Natalia sold 48/2 = 24 clips in May.\nThe answer is 72.") is ok
+    assert recipes.sdft_check_math(output, "Natalia sold 48/2 = 24 clips in May.\nThe answer is 72.") is ok
 
 
 def test_sdft_answer_cleans_and_filters_like_gen_distilled_data():
     e = load_task.__globals__["Example"]("0", "gsm8k", "q", "48/2 = <<48/2=24>>24\n#### 24")
     record = {"output": " She sold 48 / 2 = 24 . The answer is 24 .", "finish_reason": "stop"}
-    answer = methods.sdft_answer(record, e)
+    answer = recipes.sdft_answer(record, e)
     assert answer.output == "She sold 48 / 2 = 24. The answer is 24." and answer.rejected is None
-    assert methods.sdft_answer({**record, "output": "The answer is 25."}, e).rejected == "sdft: last integer differs"
-    assert methods.sdft_answer({**record, "finish_reason": "length"}, e).rejected == "cut at max_new_tokens"
+    assert recipes.sdft_answer({**record, "output": "The answer is 25."}, e).rejected == "sdft: last integer differs"
+    assert recipes.sdft_answer({**record, "finish_reason": "length"}, e).rejected == "cut at max_new_tokens"
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +157,8 @@ def test_train_sdft_records_official_sampling_and_same_seed_same_targets(llama_d
 def test_train_sdft_defaults_without_flags():
     _, args = train.parse_args(["--method", "sdft", "--data", "x", "--out", "y"])
     assert args.epochs is None and args.lora_dropout is None  # unset: taken from the recipe in main()
-    assert methods.RECIPES["sdft"]["epochs"] == 5 and methods.RECIPES["sdft"]["lora_dropout"] == 0.1
-    assert methods.default_recipe("sdft", "gsm8k") == "sdft" and methods.default_recipe("sft", "gsm8k") == "project"
+    assert recipes.RECIPES["sdft"]["epochs"] == 5 and recipes.RECIPES["sdft"]["lora_dropout"] == 0.1
+    assert recipes.default_recipe("sdft", "gsm8k") == "sdft" and recipes.default_recipe("sft", "gsm8k") == "project"
 
 
 def test_mbpp_test_split_refused_by_name_and_train_split_limit(shared, llama_dir, tmp_path, capsys):

@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 import ssr
 from hf_oracle import make_checkpoint
 from ssr import lora, trainer
-from ssr.trainer import Sample, TrainConfig, epoch_batches, lr_at, train
+from ssr.harness import training
+from ssr.harness.training import train
+from ssr.trainer import Sample, TrainConfig, epoch_batches, lr_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
@@ -182,7 +184,7 @@ def test_a_run_refuses_to_continue_with_another_loss(tiny, tmp_path, monkeypatch
         return 0.5 * default(model, batch, n_tokens)
 
     monkeypatch.setattr(trainer, "loss", halved)
-    assert trainer.loss_identity() != json.loads((tmp_path / "train.json").read_text())["loss"]
+    assert training.loss_identity() != json.loads((tmp_path / "train.json").read_text())["loss"]
     with pytest.raises(ValueError, match=r"other settings \(loss: 'ssr.trainer.loss"):
         train(lora.apply_lora(ssr.load_model(tiny), r=4), memorise_samples(), cfg, tmp_path, resume=True,
               progress=False)

@@ -120,6 +120,24 @@ def all_gather(obj) -> list:
     return out
 
 
+class Ranks:
+    """The trainer's `World` under torchrun (ssr.trainer.World's interface): sums over every rank."""
+
+    @property
+    def rank(self) -> int:
+        return rank()
+
+    @property
+    def size(self) -> int:
+        return world()
+
+    def sum(self, x):
+        return all_sum(x)
+
+    def sum_grads(self, params) -> None:
+        all_reduce_grads(params)
+
+
 @contextmanager
 def hold_lock(out):
     """`runfiles.hold_lock` for the whole job: rank 0 holds the output's lock while every rank works, so a

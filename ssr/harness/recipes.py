@@ -1,0 +1,85 @@
+"""The recipes: every setting a run's flags default to, and SDFT's published recipe as its official code
+runs it (sail-sg/sdft, branch `reproduce`; sources setting by setting in docs/recipes.md).
+
+"project" is this project's choices (the task prompts in the model's chat template, greedy targets, the
+judges); "sdft" is SDFT's GSM8K recipe: LLaMA-Factory's text templates (trained as text, each piece encoded on
+its own, as its code does), sampled rewrites, its `verify()` + last-integer filter instead of a judge, and its
+training settings. Flags given explicitly win over a recipe.
+"""
+from __future__ import annotations
+
+import re
+
+from ssr.harness.tasks import Example, gold_response
+from ssr.harness.records import prompt_ids
+from ssr.methods import Answer, Target, sdft_verify
+from ssr.trainer import Sample, encode
+
+RECIPES = {
+    "project": dict(epochs=3, lr=1e-4, warmup=0.03, min_lr_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
+                    micro_batch=2, grad_accum=4, seed=0, lora_r=8, lora_alpha=16.0, lora_dropout=0.05,
+                    lora_modules="q_proj,v_proj", max_len=2048, max_new_tokens=512,
+                    temperature=0.0, top_k=0, top_p=1.0, sample_seed=None),
+    # sail-sg/sdft@reproduce: scripts/gsm8k/sdft.sh (epochs, lr, batch 2 x 4, cosine, q_proj,v_proj),
+    # hparams/finetuning_args.py (lora_rank 8, alpha = 2 * rank, dropout 0.1), data_args.py (cutoff_len 1024),
+    # generating_args.py (do_sample, temperature 0.95, top_p 0.7, top_k 50, max_new_tokens 512); warmup,
+    # weight decay, clipping and seed 42 are transformers' TrainingArguments defaults (not overridden).
+    "sdft": dict(epochs=5, lr=1e-4, warmup=0.0, min_lr_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
+                 micro_batch=2, grad_accum=4, seed=42, lora_r=8, lora_alpha=16.0, lora_dropout=0.1,
+                 lora_modules="q_proj,v_proj", max_len=1024, max_new_tokens=512,
+                 temperature=0.95, top_k=50, top_p=0.7, sample_seed=42),
+}
+
+
+def default_recipe(method: str, task: str) -> str:
+    """SDFT's published recipe exists for GSM8K: --method sdft on GSM8K runs it unless told otherwise."""
+    return "sdft" if method == "sdft" and task == "gsm8k" else "project"
+
+
+def find_last_integer(s: str) -> str:
+    """eval/utils.py `find_last_integer`: the last number, commas and spaces between digit groups joined; a
+    number with a non-zero decimal part is "-999999999" (invalid); "3.0" is "3"."""
+    numbers = re.findall(r"-?\d+(?:[,\s]\d+)*(?:\.\d+)?", s)
+    number = numbers[-1].replace(",", "").replace(" ", "") if numbers else "-999999999"
+    if len(number.split(".")) > 1 and int(number.split(".")[1]) != 0:
+        return "-999999999"
+    return number.split(".")[0]
+
+
+def sdft_check_math(output: str, gold: str) -> bool:
+    """eval/eval_math.py `check_math`: the last integers of the output and of the gold answer are equal."""
+    try:
+        return int(find_last_integer(gold)) == int(find_last_integer(output.strip()))
+    except ValueError:
+        return False
+
+
+def hf_clean_up(text: str) -> str:
+    """transformers 4.34's `clean_up_tokenization` (decode(..., clean_up_tokenization_spaces=True)), which the
+    official code applies to the generated rewrites before it trains on them."""
+    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                 (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(a, b)
+    return text
+
+
+def sdft_answer(record: dict, example: Example) -> Answer:
+    """The SDFT recipe's rewrite and its filter, as gen_distilled_data.py has them: the decoded text cleaned up
+    and stripped, kept if verify() passes and its last integer is the gold one (no judge)."""
+    text = hf_clean_up(record["output"]).strip()
+    if record["finish_reason"] != "stop":
+        return Answer(text, "cut at max_new_tokens")
+    if not text:
+        return Answer(text, "empty")
+    why = sdft_verify(text) or (None if sdft_check_math(text, gold_response(example)) else "sdft: last integer differs")
+    return Answer(text, why)
+
+
+def encode_text_template(tok, prompts, targets: list[Target], max_len: int) -> tuple[list[Sample], dict]:
+    """The SDFT recipe's training samples, as LLaMA-Factory's `encode_oneturn` builds them: the prompt's
+    pieces (BOS, system block, "[INST] {query} [/INST]") then tokenizer.encode(response) + EOS, each encoded on
+    its own; only the response and EOS are supervised. Longer than max_len: cut from the right (LLaMA-Factory
+    shares cutoff_len between prompt and response in proportion; no GSM8K item comes near 1024 tokens)."""
+    pairs = [(prompt_ids(tok, prompt), tok.encode(t.response.strip()) + [tok.eos_id])
+             for prompt, t in zip(prompts, targets)]
+    return encode(tok, pairs, max_len, [t.source for t in targets])  # trainer.encode's (prompt, response) ids
