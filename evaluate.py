@@ -31,7 +31,8 @@ from pathlib import Path
 import ssr
 from ssr import lora
 from ssr.harness import cli, distributed, evaluation, judges, llm_judge
-from ssr.checkpoint import device_and_dtype, read_json
+from ssr.checkpoint import read_json
+from ssr.harness.cli import device_and_dtype
 from ssr.harness.records import check_prompts
 from ssr.harness.tasks import MBPP_SPLITS
 from ssr.tokenizer import TEMPLATES

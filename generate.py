@@ -20,7 +20,7 @@ from pathlib import Path
 
 import ssr
 from ssr.harness import cli, distributed
-from ssr.checkpoint import device_and_dtype
+from ssr.harness.cli import device_and_dtype
 from ssr.harness.runfiles import check_settings, read_records
 from ssr.harness.records import check_prompts, generate_records
 from ssr.harness.tasks import MBPP_SPLITS, MODES, TASKS, load_task

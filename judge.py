@@ -21,7 +21,7 @@ from pathlib import Path
 
 import ssr
 from ssr.harness import cli, distributed, judges, llm_judge
-from ssr.checkpoint import device_and_dtype
+from ssr.harness.cli import device_and_dtype
 from ssr.harness.runfiles import check_settings, numbered_records, read_records
 from ssr.harness.pipeline import check_judge
 from ssr.harness.tasks import TASKS, load_task

@@ -30,7 +30,7 @@ import torch
 import ssr
 import demo
 from ssr import lora
-from ssr.checkpoint import device_and_dtype
+from ssr.harness.cli import device_and_dtype
 from ssr.harness import cli, distributed, llm_judge
 from ssr.harness.pipeline import check_judge, run_method
 from ssr.harness.recipes import RECIPES, default_recipe

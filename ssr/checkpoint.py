@@ -33,24 +33,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "tokenizer.model", "added_tokens.json", "chat_template.jinja")
 
 
-def device_and_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """The scripts' one rule: device auto = cuda if present; dtype auto = bfloat16 on CUDA, float32 elsewhere
-    (bf16 matmuls are slow on CPUs). LoRA weights and the loss are float32 whatever this says."""
-    try:
-        dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r}: expected auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: this torch sees no CUDA device (use --device cpu)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {device}: MPS is not available here (use --device cpu)")
-    if dtype == "auto":
-        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"--dtype {dtype!r}: expected auto, float32, bfloat16 or float16")
-    return dev, getattr(torch, dtype)
-
-
 def config_from_hf(cfg: dict, source: str = "config.json") -> ModelConfig:
     """Translate an HF config dict (llama, mistral, qwen2), refusing anything that would silently change the math."""
     def refuse(name, value, why):

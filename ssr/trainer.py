@@ -8,8 +8,8 @@ One optimizer step takes `grad_accum` micro-batches. Which samples go into which
 step is a pure function of the sample lengths and the seed, and the learning rate one of the step, so
 the step number alone says where a run stands: that is what lets a run resume exactly. The loop has
 hooks and nothing else: `start` and `opt` to continue a run, `on_step` to log and save, `world` to sum
-over processes. ssr/harness/training.py uses them for run folders (checkpoints, metrics.jsonl, resume
-after a crash, torchrun); a learner never needs it.
+over processes. ssr/harness/training.py builds resumable training on them (checkpoints, a metrics log,
+several processes); a learner never needs it.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class TrainConfig:
     batch_tokens: int = 8192  # tokens per micro-batch after padding, at most
     grad_accum: int = 4  # micro-batches per optimizer step
     seed: int = 0
-    save_every: int = 100  # steps between checkpoints of a run folder (the harness's); 0: only at the end
+    save_every: int = 100  # steps between checkpoints, which ssr/harness/training.py writes; 0: only at the end
     checkpointing: bool = False  # activation checkpointing: recompute each block in backward, to save memory
     bf16: bool = True  # bf16 autocast on CUDA; CPU always computes in float32
 
@@ -177,9 +177,9 @@ def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 class World:
-    """The processes that train together: one, here. Under torchrun ssr/harness/distributed.py passes one whose
-    sums run over all ranks; `train_step` and `train` need nothing else from it."""
-    rank, size = 0, 1
+    """The processes that train together: one, here. The harness passes one whose sums run over several
+    processes; `train_step` and `train` need nothing else from it."""
+    index, size = 0, 1  # this process's number among `size`
 
     def sum(self, x: float) -> float:  # a number summed over processes
         return x
@@ -197,9 +197,9 @@ def train_step(model, opt, batches: list[Batch], lr: float, max_grad_norm: float
     gradient is not finite.
 
     With several processes `batches` are this one's share of the step, and what they exchange is small: the
-    supervised-token count before any backward (the normaliser is the whole step's, on all ranks, so a token
+    supervised-token count before any backward (the normaliser is the whole step's, in all processes, so a token
     weighs the same wherever it was computed), then the LoRA gradients, summed (the frozen base has none),
-    and the loss for the log. Every rank then clips the same summed gradient and applies the same update: the
+    and the loss for the log. Every process then clips the same summed gradient and applies the same update: the
     one-process step for the same global batch. (DistributedDataParallel would average instead of sum, and
     hide the exchange in backward hooks that accumulation must switch off.)"""
     n_tokens = world.sum(sum(int(b.loss_mask[:, 1:].sum()) for b in batches))  # before any backward
@@ -237,10 +237,10 @@ def train(model, samples: list[Sample], cfg: TrainConfig, *, opt=None, start: in
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.bf16 else nullcontext()
     history, t_start = [], time.perf_counter()
     bar = tqdm(total=len(plan), initial=start, desc="train", unit="step", dynamic_ncols=True,
-               disable=not (progress and world.rank == 0))
+               disable=not (progress and world.index == 0))
     for step in range(start, len(plan)):
         epoch, window = plan[step]
-        mine = window[world.rank::world.size]  # the step's micro-batches, dealt to the processes
+        mine = window[world.index::world.size]  # the step's micro-batches, dealt to the processes
         batches = [collate([samples[i] for i in idx], device) for idx in mine]
         lr = lr_at(step, len(plan), cfg)
         t0 = time.perf_counter()

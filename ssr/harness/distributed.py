@@ -124,7 +124,7 @@ class Ranks:
     """The trainer's `World` under torchrun (ssr.trainer.World's interface): sums over every rank."""
 
     @property
-    def rank(self) -> int:
+    def index(self) -> int:
         return rank()
 
     @property
