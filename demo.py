@@ -30,6 +30,7 @@ from ssr import lora
 from ssr.harness import evaluation, training
 from ssr.harness.evaluation import drop_table, run_benchmarks
 from ssr.harness.pipeline import run_method
+from ssr.harness.recipes import LoraSettings
 from ssr.harness.runfiles import check_settings, read_records, write_records
 from ssr.harness.tasks import load_task
 from ssr.trainer import TrainConfig
@@ -107,7 +108,7 @@ class DemoSize:
 
 
 QUICK = DemoSize(train=8, test=8, capitals=8, benchmark_limit=8, epochs=1, max_new_tokens=96)
-LORA = lora.LoraSettings(r=8, alpha=16, dropout=0.05, modules=("q_proj", "k_proj", "v_proj", "o_proj"))
+LORA = LoraSettings(r=8, alpha=16, dropout=0.05, modules=("q_proj", "k_proj", "v_proj", "o_proj"))
 LR = 5e-4  # higher than the papers' 1e-4: a 135M model and a few dozen steps
 
 

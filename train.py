@@ -33,7 +33,7 @@ from ssr import lora
 from ssr.harness.cli import device_and_dtype
 from ssr.harness import cli, distributed, llm_judge
 from ssr.harness.pipeline import check_judge, run_method
-from ssr.harness.recipes import RECIPES, default_recipe
+from ssr.harness.recipes import RECIPES, LoraSettings, default_recipe
 from ssr.harness.records import check_prompts
 from ssr.harness.runfiles import check_settings
 from ssr.harness.tasks import MBPP_SPLITS, TASKS, load_task, refuse_test_split
@@ -152,7 +152,7 @@ def run(argv: list[str]) -> int:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                          if f.name not in ("checkpointing", "bf16")},
                       checkpointing=args.gradient_checkpointing, bf16=not args.no_bf16_autocast)
-    lora_settings = lora.LoraSettings(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_modules)
+    lora_settings = LoraSettings(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_modules)
     device, dtype = device_and_dtype(args.device, args.dtype)
     device = distributed.init(device)  # under torchrun: join the other ranks (docs/distributed.md)
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -31,14 +30,6 @@ from ssr.model import Linear, linear
 MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # what LoRA can wrap
 PEFT_PREFIX = "base_model.model."  # PEFT saves keys as base_model.model.<module path>.lora_A.weight
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
-
-
-@dataclass
-class LoraSettings:
-    r: int = 8
-    alpha: float = 16
-    dropout: float = 0.05
-    modules: tuple[str, ...] = ("q_proj", "v_proj")  # apply_lora's `targets`
 
 
 class LoRALinear(nn.Module):

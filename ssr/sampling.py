@@ -44,7 +44,7 @@ def complete(model: Transformer, prompts: list[list[int]], max_new_tokens: int =
     seed makes sampling reproducible and independent of torch's global RNG (or pass a generator).
     batch_size splits a long prompt list into batches of similar lengths (longest first).
     stop_strings (with tokenizer) also stop a row once its decoded text contains one of them; the
-    token that completes the string is kept, so the text may run past it: cut it with `cut_at`.
+    token that completes the string is kept, so the text may run past it (ssr/harness/records.py cuts it).
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (a BOS token will do)")
@@ -99,12 +99,6 @@ def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, t
         ids[i, T - len(p):] = torch.tensor(p)
         mask[i, T - len(p):] = 1
     return ids, mask
-
-
-def cut_at(text: str, stop_strings) -> str:
-    """Text up to (not including) the first stop string it contains."""
-    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
-    return text[:cut]
 
 
 @torch.inference_mode()

@@ -6,6 +6,7 @@ import torch
 import ssr
 from hf_oracle import make_checkpoint
 from ssr import sampling
+from ssr.harness.records import cut_at
 from ssr.model import KVCache
 from ssr.sampling import complete, generate
 
@@ -141,7 +142,7 @@ def test_stop_strings(shared):
         text = tok.decode(c.tokens)
         assert c.finish_reason == "stop" and "." in text and "." not in tok.decode(c.tokens[:-1])
         assert row[:len(c.tokens)] == c.tokens
-        assert sampling.cut_at(text, ["."]) == text[:text.index(".")]
+        assert cut_at(text, ["."]) == text[:text.index(".")]
 
 
 def test_edge_cases_and_training_mode_restored(tmp_path):

@@ -22,7 +22,7 @@ import torch
 
 from ssr import lora
 from ssr.harness import distributed, judges, llm_judge
-from ssr.harness.recipes import encode_text_template, sdft_answer
+from ssr.harness.recipes import LoraSettings, encode_text_template, sdft_answer
 from ssr.harness.records import generate_records
 from ssr.harness.runfiles import read_records, write_records
 from ssr.harness.tasks import TASKS, Example, build_prompt, gold_response, predict_messages
@@ -136,7 +136,7 @@ def target_stats(run_dir) -> str:
 
 
 
-def run_method(method: str, model, tok, examples: list[Example], run_dir, *, lora_settings: lora.LoraSettings,
+def run_method(method: str, model, tok, examples: list[Example], run_dir, *, lora_settings: LoraSettings,
                train_config: TrainConfig, batch_size: int = 16, max_new_tokens: int = 512, max_len: int = 2048,
                workers: int | None = None, quality: bool = True, judge=None, progress: bool = True,
                recipe: str = "project", sampling: dict | None = None) -> Path:

@@ -9,11 +9,20 @@ training settings. Flags given explicitly win over a recipe.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from ssr.harness.tasks import Example, gold_response
 from ssr.harness.records import prompt_ids
 from ssr.methods import Answer, Target, sdft_verify
 from ssr.trainer import Sample, encode
+
+@dataclass
+class LoraSettings:  # a run's LoRA settings, as lora.apply_lora takes them
+    r: int = 8
+    alpha: float = 16
+    dropout: float = 0.05
+    modules: tuple[str, ...] = ("q_proj", "v_proj")  # the projections wrapped: apply_lora's `targets`
+
 
 RECIPES = {
     "project": dict(epochs=3, lr=1e-4, warmup=0.03, min_lr_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ssr.harness import distributed, tasks
 from ssr.harness.runfiles import append_records, read_records
-from ssr.sampling import complete, cut_at
+from ssr.sampling import complete
 
 
 def prompt_ids(tok, prompt: tasks.Prompt) -> list[int]:
@@ -110,6 +110,12 @@ def generate_records(model, tok, examples: list[tasks.Example], mode: str, out_p
     wanted = {ex.id for ex in examples}
     by_id = {r["id"]: r for r in read_records(out_path) if r.get("mode") == mode and r["id"] in wanted}
     return [by_id[ex.id] for ex in examples]
+
+
+def cut_at(text: str, stop_strings) -> str:
+    """Text up to (not including) the first stop string it contains."""
+    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
+    return text[:cut]
 
 
 def _record(tok, mode, ids, ex, prompt, completion, stop_strings) -> dict:
