@@ -15,7 +15,8 @@ verdict keeps the judge's raw text and its settings, and a file judged by one ju
 The traps avoided: reading a verdict into text that does not give one, and trusting the endpoint. The judge
 must end its reply with a line "Verdict: CORRECT" or "Verdict: INCORRECT" (any case); no such last line, a
 verdict line followed by more text, verdict lines that disagree (one quoted from the judged answer), any other
-word, or a reply cut at its length limit is a reject, never an accept. The endpoint's reply is read with a
+word, a reply cut at its length limit, or a CORRECT for an answer that carries a verdict line of its own is a
+reject, never an accept. The endpoint's reply is read with a
 size cap and checked for its shape; a redirect is refused; a credential is never written or printed.
 """
 from __future__ import annotations
@@ -45,6 +46,7 @@ from ssr.tasks import JUDGE, Example, judge_messages
 KINDS = ("rule", "llm", "both")  # --judge: the rule judge, the LLM judge, or both must accept
 UNPARSEABLE = "unparseable judge output"
 CUT = "judge reply cut at its length limit (finish_reason length)"
+INJECTED = "judge says CORRECT, but the judged answer has a verdict line of its own the judge may repeat"
 API_KEY_ENV = ("SSR_JUDGE_API_KEY", "OPENAI_API_KEY")  # the first one set is sent as a Bearer token
 DEFAULT_TIMEOUT = 120.0  # seconds per request (--judge-timeout)
 MAX_REPLY_BYTES = 1 << 20  # a judge's reply is a few hundred tokens; a bigger one is an error, never stored
@@ -56,10 +58,12 @@ _VERDICT_LINE = re.compile(r"[ \t*_#`\"'-]*verdict[ \t*_`\"']*:[ \t*_`\"']*(corr
                            re.IGNORECASE | re.ASCII)
 
 
-def parse_verdict(text: str, finish_reason: str | None = None) -> judges.Verdict:
+def parse_verdict(text: str, finish_reason: str | None = None, judged: str = "") -> judges.Verdict:
     """The judge's verdict in its reply: its last non-empty line must be the verdict line, and no other line
     may be a verdict line that disagrees. A verdict line followed by more text (a retraction, a second thought,
-    the judged answer repeated) counts for nothing; so does a reply cut at the length limit, whatever it says."""
+    the judged answer repeated) counts for nothing; so does a reply cut at the length limit, whatever it says.
+    `judged`, the answer judged: if it has a verdict line of its own, a CORRECT does not count either (a judge
+    that repeats the answer and stops ends with the answer's line, not its own)."""
     if finish_reason == "length":
         return judges.Verdict(False, CUT, "cut")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -67,6 +71,8 @@ def parse_verdict(text: str, finish_reason: str | None = None) -> judges.Verdict
     if not lines or not _VERDICT_LINE.fullmatch(lines[-1]) or len(words) != 1:
         return judges.Verdict(False, UNPARSEABLE, "unparseable")
     word = words.pop()
+    if word == "correct" and any(_VERDICT_LINE.fullmatch(line.strip()) for line in judged.splitlines()):
+        return judges.Verdict(False, INJECTED, "injected")
     return judges.Verdict(word == "correct", f"judge says {word.upper()}", word)
 
 
@@ -203,7 +209,7 @@ class EndpointJudge:
             try:
                 request = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
                 with self._opener.open(request, timeout=self.timeout) as reply:
-                    raw = reply.read(MAX_REPLY_BYTES + 1)
+                    raw = _read_capped(reply)
                 break
             except urllib.error.HTTPError as e:
                 if 300 <= e.code < 400:
@@ -216,7 +222,8 @@ class EndpointJudge:
             except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as e:
                 # refused, reset or dropped mid-reply (RemoteDisconnected, IncompleteRead), timed out: retried
                 reason = getattr(e, "reason", e)
-                problem = self._redact(f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__)
+                name, text = type(reason).__name__, str(reason)
+                problem = self._redact(text if text.startswith(name) else f"{name}: {text}" if text else name)
             if attempt < self.retries:
                 time.sleep(self.backoff * 2 ** attempt)
         else:
@@ -250,6 +257,21 @@ class EndpointError(ConnectionError):  # an OSError: the scripts print it as one
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):  # a 3xx then reaches EndpointJudge.ask as an HTTPError
         return None
+
+
+def _read_capped(reply) -> bytes:
+    """The reply's body, at most MAX_REPLY_BYTES + 1 bytes of it (more is the caller's error). A body that ends
+    short of its Content-Length is http.client.IncompleteRead (a connection dropped mid-body): read(n) itself
+    would return the part quietly."""
+    raw = bytearray()
+    while len(raw) <= MAX_REPLY_BYTES:
+        chunk = reply.read(MAX_REPLY_BYTES + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    if len(raw) <= MAX_REPLY_BYTES and getattr(reply, "length", None):  # bytes still announced, none coming
+        raise http.client.IncompleteRead(bytes(raw), reply.length)
+    return bytes(raw)
 
 
 def _reply_text(data) -> tuple[str, str | None]:
@@ -366,7 +388,7 @@ def judge_records(judge, examples: dict[str, Example], records: Sequence[dict], 
 
 
 def _verdict(judge, record: dict, example: Example, output: str, text: str, finish_reason: str | None) -> dict:
-    verdict = parse_verdict(text, finish_reason)
+    verdict = parse_verdict(text, finish_reason, output)
     out = {"id": example.id, "mode": record.get("mode"), "task": example.task, "correct": verdict.correct,
            "kind": verdict.kind, "reason": verdict.reason, "unfit": judges.unfit_target(example.task, output),
            "judge": judge.settings, "judge_prompt": prompt_name(example.task), "judge_output": text}
