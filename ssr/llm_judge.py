@@ -129,8 +129,10 @@ class EndpointJudge:
         try:
             parts = urllib.parse.urlsplit(url)
             parts.port  # noqa: B018: a port that is not a number raises here
-        except ValueError as e:
-            raise ValueError(f"--judge-url {shown!r}: not a URL ({e})") from None
+        except ValueError as e:  # its message may quote the whole host part, user:password@ included
+            userinfo = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)@", url)
+            problem = str(e).replace(userinfo.group(1), "[redacted]") if userinfo else str(e)
+            raise ValueError(f"--judge-url {shown!r}: not a URL ({problem})") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"--judge-url {shown!r}: expected an http:// or https:// address with a host")
         path = parts.path if parts.path.rstrip("/").endswith("/chat/completions") else \

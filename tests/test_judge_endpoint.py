@@ -129,6 +129,7 @@ def test_a_query_string_reaches_the_server_after_the_path():
 @pytest.mark.parametrize("url,says_what", [
     ("ftp://h/v1", "http:// or https://"), ("http:///v1", "with a host"), ("h:8000/v1", "http:// or https://"),
     ("http://jo:s3cr3t-pw@h:port/v1", "not a URL"), ("http://jo:s3cr3t-pw@[::1/v1", "not a URL"),
+    ("http://jo:s3cr3t\uff0fpw@h/v1", "invalid characters"),  # urlsplit's own message quotes the host part
 ])
 def test_a_bad_address_is_refused_before_anything_is_written(url, says_what, tmp_path, capsys):
     with pytest.raises(ValueError, match=re.escape(says_what)) as e:
@@ -355,7 +356,8 @@ def test_dropped_connections_are_retried_then_named():
         send(h, 200, chat("Verdict: INCORRECT"))
 
     with Endpoint(respond) as server:
-        assert EndpointJudge(server.url, "m", retries=3, backoff=0).ask(MESSAGES, "q7") == ("Verdict: INCORRECT", "stop")
+        judge = EndpointJudge(server.url, "m", retries=3, backoff=0)
+        assert judge.ask(MESSAGES, "q7") == ("Verdict: INCORRECT", "stop")
         assert len(server.requests) == 4
         server.requests.clear()
         with pytest.raises(EndpointError, match=r"example 'q7': .*\(after 3 attempts\)"):

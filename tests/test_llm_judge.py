@@ -220,9 +220,10 @@ def test_a_local_judge_checks_its_context_first_and_rejects_cut_replies(smol, tm
     assert n + 2 > context
     judge = llm_judge.make_judge("llm", ssr.DEFAULT_MODEL, own=(model, tok, ssr.DEFAULT_MODEL), max_new_tokens=2)
     out = tmp_path / "v.jsonl"
-    with pytest.raises(ValueError, match=rf"LLM judge self \({ssr.DEFAULT_MODEL}\): 1 prompt\(s\) do not fit the "
-                                         rf"model's context of {context} tokens \(max_position_embeddings\) with "
-                                         rf"--judge-max-new-tokens 2: the longest, example 'long', has {n} prompt tokens"):
+    with pytest.raises(ValueError, match=rf"LLM judge self \({ssr.DEFAULT_MODEL}\): 1 prompt\(s\) do not fit "
+                                         rf"the model's context of {context} tokens \(max_position_embeddings\) "
+                                         rf"with --judge-max-new-tokens 2: the longest, example 'long', has {n} "
+                                         rf"prompt tokens"):
         llm_judge.judge_records(judge, examples, records, out, progress=False)
     assert not out.exists()
     [verdict] = llm_judge.judge_records(judge, examples, records[:1], out, progress=False)
