@@ -136,6 +136,9 @@ def parse_args(argv: list[str]):
     p.add_argument("--judge-url", help="an OpenAI-compatible endpoint serving the judge (key from "
                                        f"${llm_judge.API_KEY_ENV[0]}, else ${llm_judge.API_KEY_ENV[1]})")
     p.add_argument("--judge-max-new-tokens", type=cli.positive_int, default=256)
+    p.add_argument("--judge-timeout", type=cli.positive_float, default=llm_judge.DEFAULT_TIMEOUT,
+                   help="seconds per request to --judge-url (default %(default)g; not a judge setting: it changes "
+                        "no verdict)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto: bfloat16 on CUDA, float32 on CPU")
@@ -187,7 +190,7 @@ def run(argv: list[str]) -> int:
         check_prompts(model, tok, items[name], "predict", args.max_new_tokens)
     judge = llm_judge.make_judge(args.judge, args.judge_model, args.judge_url, own=(model, tok, str(args.model)),
                                  max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size,
-                                 device=device, dtype=dtype)
+                                 device=device, dtype=dtype, timeout=args.judge_timeout)
 
     with distributed.hold_lock(args.out):
         try:

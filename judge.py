@@ -62,6 +62,9 @@ def parse_args(argv: list[str]):
     g.add_argument("--judge-url", help="an OpenAI-compatible endpoint (http://host:8000/v1) serving the judge; the "
                                        f"key is read from ${llm_judge.API_KEY_ENV[0]} (else ${llm_judge.API_KEY_ENV[1]})")
     g.add_argument("--judge-max-new-tokens", type=cli.positive_int, default=256, help="the judge's reply, at most")
+    g.add_argument("--judge-timeout", type=cli.positive_float, default=llm_judge.DEFAULT_TIMEOUT,
+                   help="seconds per request to --judge-url (default %(default)g; not a judge setting: it changes "
+                        "no verdict)")
     g.add_argument("--batch-size", type=cli.positive_int, default=8, help="judge prompts generated together (local judge)")
     g.add_argument("--device", default="auto", help="the local judge's device: auto, cpu, cuda, ...")
     return parser.parse_args(argv)
@@ -108,7 +111,7 @@ def run(argv: list[str]) -> int:
     device = distributed.init(device)  # under torchrun: the ranks share the answers to judge
     judge = llm_judge.make_judge(args.judge, args.judge_model, args.judge_url,
                                  max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size,
-                                 device=device, dtype=dtype)
+                                 device=device, dtype=dtype, timeout=args.judge_timeout)
 
     with distributed.hold_lock(out):
         with distributed.main_first():  # verdicts of other predictions, or judged another way, are never mixed in

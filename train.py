@@ -95,6 +95,9 @@ def parse_args(argv):
                                        f"the key is read from ${llm_judge.API_KEY_ENV[0]} (else "
                                        f"${llm_judge.API_KEY_ENV[1]})")
     g.add_argument("--judge-max-new-tokens", type=cli.positive_int, default=256, help="the LLM judge's reply, at most")
+    g.add_argument("--judge-timeout", type=cli.positive_float, default=llm_judge.DEFAULT_TIMEOUT,
+                   help="seconds per request to --judge-url (default %(default)g; not a judge setting: it changes "
+                        "no verdict)")
     g = p.add_argument_group("LoRA (defaults: the recipe's)")
     g.add_argument("--lora-r", type=cli.positive_int)
     g.add_argument("--lora-alpha", type=cli.positive_float)
@@ -167,7 +170,7 @@ def run(argv: list[str]) -> int:
 
     judge = llm_judge.make_judge(args.judge, args.judge_model, args.judge_url, own=(model, tok, str(args.model)),
                                  max_new_tokens=args.judge_max_new_tokens, batch_size=args.batch_size,
-                                 device=device, dtype=dtype)
+                                 device=device, dtype=dtype, timeout=args.judge_timeout)
     judged_by = {"judge": recorded} if (recorded := llm_judge.flag_settings(args)) else {}
 
     with distributed.hold_lock(out):
