@@ -7,16 +7,13 @@
 - SDFT: the base model's rewrite of the gold answer (distillation prompt) where accepted, else gold.
 
 Each method is one function `method(examples, gold, answers) -> [Target]` over examples that have an `.id`.
-It asks `answers(mode, examples)` for the base model's generations in the modes it needs (`NEEDS`): "predict"
-(answer the question), "paraphrase" (restate the gold answer), "rewrite" (SDFT's distillation prompt). Each
-answer comes judged: `rejected` says why it may not be a target, or is None. `base_answers` below makes such
-a function in memory; ssr/harness/pipeline.py makes one that keeps every generation and verdict in a run
-folder, so a long run resumes.
+It asks `answers(mode, examples)` for the base model's judged generations in the modes it needs (`NEEDS`):
+"predict" (answer), "paraphrase" (restate gold), "rewrite" (SDFT's distillation prompt). `base_answers`
+makes that function in memory (ssr/harness/pipeline.py one that keeps everything on disk and resumes).
 
-`training_samples` then pairs each training prompt with its target. A self-generated target is trained
-as the very token ids the model generated, after the ids of its prompt, with the stop token it sampled:
-decoding to text and encoding again need not give those ids back (the original Mistral template glues
-"[/INST]The" where the model said "▁The"). Gold targets go through the chat template.
+`training_samples` pairs each prompt with its target. A self-generated target is trained as the very ids the
+model generated, with the stop token it sampled: decoding and encoding again need not give those ids back (the
+original Mistral template glues "[/INST]The" where the model said "▁The"). Gold goes through the chat template.
 
 The trap avoided: a generation cut off at max_new_tokens can still contain a correct-looking answer; it
 never ends, so training on it would teach the model not to stop. Such a generation is never a target,

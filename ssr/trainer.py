@@ -1,8 +1,7 @@
 """LoRA training: the loss, batches, one optimizer step, and the loop.
 
-Read it top to bottom: `TrainConfig`; `loss`, the one function to edit to change what training
-optimises (docs/loss.md has worked variants); the data, conversations -> (ids, mask, source) ->
-micro-batches by token budget; `train_step`; `train`.
+Read it top to bottom: `TrainConfig`; `loss`, the one function to edit to change what training optimises
+(docs/loss.md has worked variants); conversations -> (ids, mask, source) -> micro-batches; `train_step`; `train`.
 
 One optimizer step takes `grad_accum` micro-batches. Which samples go into which micro-batch of which
 step is a pure function of the sample lengths and the seed, and the learning rate one of the step, so
