@@ -88,8 +88,11 @@ def summarize(base: dict, runs: dict[str, dict], targets=None, exclude=()) -> di
     return out
 
 
-def outcomes(name: str, result: dict, where: str) -> np.ndarray:
+def outcomes(name: str, results: dict, where: str) -> np.ndarray:
     """The per-question scores behind a benchmark's reported score, in question order."""
+    if name not in results:
+        raise ValueError(f"{where}: no result for {name}")
+    result = results[name]
     metric = result.get("metric") or PRIMARY.get(name, "acc")
     if metric not in result.get("per_question", {}):
         raise ValueError(f"{where}: {name} keeps no per-question {metric} (scored before evaluation kept them); "
@@ -125,8 +128,8 @@ def paired_differences(base: dict, runs: dict[str, dict], reference: str = "sft"
             raise ValueError(f"paired differences: {method} and {reference} share no seed")
         diffs = {}
         for name in base:
-            ours = [outcomes(name, seeds[s][name], f"{method} seed {s}") for s in common]
-            theirs = [outcomes(name, runs[reference][s][name], f"{reference} seed {s}") for s in common]
+            ours = [outcomes(name, seeds[s], f"{method} seed {s}") for s in common]
+            theirs = [outcomes(name, runs[reference][s], f"{reference} seed {s}") for s in common]
             if any(len(x) != base[name]["n"] for x in ours + theirs):
                 raise ValueError(f"paired differences: {name} holds other than the base's {base[name]['n']} "
                                  f"questions in {method} or {reference}")
@@ -206,12 +209,24 @@ def write_figures(folder, base: dict, runs: dict[str, dict], run_dirs: dict[str,
         return NO_MATPLOTLIB
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys([*runs, *run_dirs]))}
+    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys([*runs, *run_dirs]))}  # one colour a method
+    figures = [("tradeoff.png", _tradeoff, (base, runs, colors, targets, exclude)),
+               ("loss.png", _loss, (run_dirs, colors)), ("target_sources.png", _sources, (run_dirs,))]
+    paths = []
+    for name, draw, args in figures:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        draw(ax, *args)
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=120)
+        plt.close(fig)
+        paths.append(folder / name)
+    return paths
+
+
+def _tradeoff(ax, base, runs, colors, targets, exclude):
     target_names, averaged = split(base, targets, exclude)
     if not target_names:
         raise ValueError("figures: no target task to plot the retention change against")
-
-    fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.axhline(0, color="0.6", lw=0.8, ls="--")
     ax.axvline(0, color="0.6", lw=0.8, ls="--")
     ax.annotate("base", (0, 0), textcoords="offset points", xytext=(4, 4), color="0.4")
@@ -220,17 +235,16 @@ def write_figures(folder, base: dict, runs: dict[str, dict], run_dirs: dict[str,
         x = np.array([np.mean([c[n] for n in target_names]) for c in per_seed])
         y = np.array([c[AVERAGE] for c in per_seed])
         ax.scatter(x, y, s=14, alpha=0.5, color=colors[method])
-        sd = (lambda v: v.std(ddof=1) if len(v) > 1 else None)  # noqa: E731
-        ax.errorbar(x.mean(), y.mean(), xerr=sd(x), yerr=sd(y), fmt="o", ms=8, capsize=4, color=colors[method],
-                    label=f"{method} (n={len(x)})")
+        ax.errorbar(x.mean(), y.mean(), xerr=stat(x).sd, yerr=stat(y).sd, fmt="o", ms=8, capsize=4,
+                    color=colors[method], label=f"{method} ({len(x)} seed{'s' * (len(x) > 1)})")
     target_label = target_names[0] if len(target_names) == 1 else "mean over target tasks"
     ax.set(xlabel=f"target gain, {target_label} (points)",
-           ylabel=f"average retention change, {len(averaged)} benchmarks (points)",
-           title="Learning against forgetting (mean ± sd over seeds; small: seeds)")
-    ax.legend(frameon=False)
-    paths = [_save(plt, fig, folder / "tradeoff.png")]
+           ylabel=f"average retention change, {len(averaged)} benchmarks (points)")
+    ax.set_title("Learning against forgetting\n(mean ± sd over seeds; small points: single seeds)", fontsize=10)
+    ax.legend(frameon=False, loc="best")
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+
+def _loss(ax, run_dirs, colors):
     for method, seeds in run_dirs.items():
         for i, run_dir in enumerate(seeds.values()):
             rows = _records(Path(run_dir) / "metrics.jsonl")
@@ -238,9 +252,9 @@ def write_figures(folder, base: dict, runs: dict[str, dict], run_dirs: dict[str,
                     label=method if i == 0 else None)
     ax.set(xlabel="step", ylabel="training loss", title="Training loss (one line per seed)")
     ax.legend(frameon=False)
-    paths.append(_save(plt, fig, folder / "loss.png"))
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+
+def _sources(ax, run_dirs):
     counts = {m: [np.mean([sum(t["source"] == src for t in _records(Path(d) / "targets.jsonl"))
                            for d in seeds.values()]) for src in SOURCES] for m, seeds in run_dirs.items()}
     bottom = np.zeros(len(counts))
@@ -251,12 +265,3 @@ def write_figures(folder, base: dict, runs: dict[str, dict], run_dirs: dict[str,
             bottom += heights
     ax.set(ylabel="training targets (mean over seeds)", title="Where the training targets came from")
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
-    paths.append(_save(plt, fig, folder / "target_sources.png"))
-    return paths
-
-
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -148,6 +148,9 @@ def test_the_reported_metric_is_bootstrapped_and_old_results_are_refused():
     del runs["ssr"][0]["capitals"]["per_question"]
     with pytest.raises(ValueError, match="ssr seed 0: capitals keeps no per-question acc"):
         paired_differences(base, runs, B=50)
+    del runs["ssr"][0]["capitals"]
+    with pytest.raises(ValueError, match="ssr seed 0: no result for capitals"):
+        paired_differences(base, runs, B=50)
 
 
 def test_score_questions_keeps_per_question_scores_in_order(shared):
