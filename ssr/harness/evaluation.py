@@ -219,19 +219,21 @@ def loglikelihoods(model, requests: list[tuple[list[int], list[int]]], batch_tok
 
 def score_questions(model, tok, questions: list[MCQuestion], **kwargs) -> dict:
     """acc (argmax log-likelihood), acc_norm (per character of the choice, as lm-eval), and mc2 (the probability
-    mass on the true choices)."""
+    mass on the true choices); "per_question" keeps each score per question, in question order (for paired
+    bootstraps over questions)."""
     requests = [split_tokens(tok, context, continuation) for q in questions for context, continuation in q.requests()]
     lls = iter(loglikelihoods(model, requests, **kwargs))
-    acc = acc_norm = mc2 = 0.0
+    per_question = {"acc": [], "acc_norm": [], "mc2": []}
     for q in questions:
         ll = [next(lls) for _ in q.choices]
-        acc += q.labels[max(range(len(ll)), key=ll.__getitem__)]
-        acc_norm += q.labels[max(range(len(ll)), key=lambda j: ll[j] / max(1, len(q.choices[j])))]
+        per_question["acc"].append(q.labels[max(range(len(ll)), key=ll.__getitem__)])
+        per_question["acc_norm"].append(q.labels[max(range(len(ll)), key=lambda j: ll[j] / max(1, len(q.choices[j])))])
         top = max(ll)
         probs = [math.exp(x - top) for x in ll]
-        mc2 += sum(p for p, label in zip(probs, q.labels) if label) / sum(probs)
+        per_question["mc2"].append(sum(p for p, label in zip(probs, q.labels) if label) / sum(probs))
     n = max(1, len(questions))
-    return {"acc": acc / n, "acc_norm": acc_norm / n, "mc2": mc2 / n, "n": len(questions), "kind": "retention"}
+    return {**{metric: sum(scores) / n for metric, scores in per_question.items()}, "n": len(questions),
+            "kind": "retention", "per_question": per_question}
 
 
 # the score each benchmark is reported by (lm-evaluation-harness conventions); target tasks: "acc"
@@ -400,7 +402,8 @@ def score_generations(model, tok, examples, prefix, *, batch_size: int = 16, max
                                            progress=progress)
     n = max(1, len(examples))
     result = {"acc": sum(v["correct"] for v in verdicts) / n, "n": len(examples), "kind": "target",
-              "truncated": sum(r["finish_reason"] == "length" for r in records) / n}
+              "truncated": sum(r["finish_reason"] == "length" for r in records) / n,
+              "per_question": {"acc": [int(v["correct"]) for v in verdicts]}}  # in example order
     if examples and examples[0].task == "nq":  # report both NQ modes; the judge's mode is the score
         other = "exact" if nq_mode == "contains" else "contains"
         result[other] = sum(judges.nq(r["output"], e.answers, other).correct for r, e in zip(records, examples)) / n
