@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import ssr
-from ssr import study_stats
-from ssr.evaluation import MCQuestion, drop_table, score_questions
-from ssr.study_stats import AVERAGE, paired_differences, summarize
+from ssr.harness import study_stats
+from ssr.harness.evaluation import MCQuestion, drop_table, score_questions
+from ssr.harness.study_stats import AVERAGE, paired_differences, summarize
 
 
 def result(per_question, kind=None, metric="acc"):

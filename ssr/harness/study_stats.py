@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ssr.evaluation import PRIMARY, markdown_table, primary_score
-from ssr.runfiles import read_records
+from ssr.harness.evaluation import PRIMARY, markdown_table, primary_score
+from ssr.harness.runfiles import read_records
 
 AVERAGE = "average change, retention"
 SOURCES = ("gold", "self", "paraphrase", "rewrite")  # methods.SOURCES: where a training target came from
