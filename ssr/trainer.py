@@ -66,8 +66,8 @@ def loss(model, batch: Batch, n_tokens: int) -> torch.Tensor:
     hidden = model.hidden_states(batch.input_ids)  # (B, T, C)
     keep = batch.loss_mask[:, 1:].bool()  # (B, T-1): is token t+1 supervised
     logits = model.lm_head(hidden[:, :-1][keep]).float()  # (N, V), in float32 whatever the weights' dtype
-    targets = batch.input_ids[:, 1:][keep]  # (N,)
-    return F.cross_entropy(logits, targets, reduction="sum") / n_tokens
+    labels = batch.input_ids[:, 1:][keep]  # (N,) the next tokens
+    return F.cross_entropy(logits, labels, reduction="sum") / n_tokens
 
 
 # ---------------------------------------------------------------------------------------------------------
