@@ -35,7 +35,8 @@ from ssr.checkpoint import device_and_dtype
 from ssr.methods import run_method
 from ssr.harness.runfiles import check_settings
 from ssr.harness.records import check_prompts
-from ssr.harness.tasks import MBPP_SPLITS, RECIPES, TASKS, load_task, refuse_test_split
+from ssr.harness.recipes import RECIPES
+from ssr.harness.tasks import MBPP_SPLITS, TASKS, load_task, refuse_test_split
 from ssr.tokenizer import TEMPLATES
 from ssr.trainer import RESUMABLE_CHANGES, TrainConfig
 
