@@ -6,9 +6,9 @@
         answer where accepted; else gold.
 - SDFT: the base model's rewrite of the gold answer (distillation prompt) where accepted, else gold.
 
-Each method is one function `method(examples, gold, answers) -> [Target]` over examples that have an `.id`.
-It asks `answers(mode, examples)` for the base model's judged generations in the modes it needs (`NEEDS`):
-"predict" (answer), "paraphrase" (restate gold), "rewrite" (SDFT's distillation prompt). `base_answers`
+Each method is one function `method(examples, gold, generations) -> [Target]` over examples that have an `.id`.
+It asks `generations(mode, examples)` for the base model's judged outputs in the modes it needs (`NEEDS`):
+"predict" (answer), "paraphrase" (restate gold), "rewrite" (SDFT's distillation prompt). `base_generations`
 makes that function in memory (ssr/harness/pipeline.py one that keeps everything on disk and resumes).
 
 `training_samples` pairs each prompt with its target. A self-generated target is trained as the very ids the
@@ -42,45 +42,45 @@ class Target:
 
 
 @dataclass
-class Answer:
+class Generation:
     output: str  # what the base model wrote (for rewrites, after the prefill)
     rejected: str | None  # why it may not be a target ("judge: mismatch", "cut at max_new_tokens"), None if it may
     ids: list[int] | None = None  # the generated ids + the stop token sampled (None for a cut generation)
 
 
-Answers = Callable[[str, list], dict[str, Answer]]  # (mode, examples) -> {id: Answer}
+Generations = Callable[[str, list], dict[str, Generation]]  # (mode, examples) -> {id: Generation}
 
 
-def accepted(answers: dict[str, Answer], id: str) -> bool:
-    return id in answers and answers[id].rejected is None
+def accepted(generations: dict[str, Generation], id: str) -> bool:
+    return id in generations and generations[id].rejected is None
 
 
-def first_accepted(e, gold: dict[str, str], *candidates: tuple[dict[str, Answer], str]) -> Target:
-    """The first of the (answers, source) candidates that has an accepted answer for e; else the gold answer."""
-    for answers, source in candidates:
-        if accepted(answers, e.id):
-            return Target(e.id, answers[e.id].output, source, answers[e.id].ids)
+def first_accepted(e, gold: dict[str, str], *candidates: tuple[dict[str, Generation], str]) -> Target:
+    """The first of the (generations, source) candidates with an accepted one for e; else the gold answer."""
+    for generations, source in candidates:
+        if accepted(generations, e.id):
+            return Target(e.id, generations[e.id].output, source, generations[e.id].ids)
     return Target(e.id, gold[e.id], "gold")
 
 
-def sft(examples, gold: dict[str, str], answers: Answers) -> list[Target]:
+def sft(examples, gold: dict[str, str], generations: Generations) -> list[Target]:
     return [first_accepted(e, gold) for e in examples]
 
 
-def ssr(examples, gold, answers: Answers) -> list[Target]:
-    own = answers("predict", examples)
+def ssr(examples, gold, generations: Generations) -> list[Target]:
+    own = generations("predict", examples)
     return [first_accepted(e, gold, (own, "self")) for e in examples]
 
 
-def s3ft(examples, gold, answers: Answers) -> list[Target]:
-    own = answers("predict", examples)
-    paraphrased = answers("paraphrase", [e for e in examples if not accepted(own, e.id)])  # only where it failed
+def s3ft(examples, gold, generations: Generations) -> list[Target]:
+    own = generations("predict", examples)
+    paraphrased = generations("paraphrase", [e for e in examples if not accepted(own, e.id)])  # only where it failed
     return [first_accepted(e, gold, (own, "self"), (paraphrased, "paraphrase")) for e in examples]
 
 
-def sdft(examples, gold, answers: Answers) -> list[Target]:
+def sdft(examples, gold, generations: Generations) -> list[Target]:
     # SDFT's own filter first (its code's `verify`), on top of whatever judged the rewrites
-    rewrites = {id: a for id, a in answers("rewrite", examples).items() if sdft_verify(a.output) is None}
+    rewrites = {id: a for id, a in generations("rewrite", examples).items() if sdft_verify(a.output) is None}
     return [first_accepted(e, gold, (rewrites, "rewrite")) for e in examples]
 
 
@@ -103,17 +103,17 @@ def sdft_verify(text: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the base model's answers, and training samples
+# the base model's generations, and training samples
 
 
-def base_answers(model, tok, prompt: Callable, judge: Callable, *, max_new_tokens: int = 256,
-                 batch_size: int = 16) -> Answers:
-    """An `answers` function in memory: the base model (adapters off) answers greedily, and `judge` decides.
+def base_generations(model, tok, prompt: Callable, judge: Callable, *, max_new_tokens: int = 256,
+                 batch_size: int = 16) -> Generations:
+    """A `generations` function in memory: the base model (adapters off) answers greedily, and `judge` decides.
 
     prompt(example, mode) -> the chat messages of that mode; judge(example, mode, output) -> None if the answer
     may be a target, else why not. A generation cut at max_new_tokens, or empty, is rejected before the judge
-    sees it. Nothing is kept on disk (ssr/harness/pipeline.py's `cached_answers` does the same into files)."""
-    def answers(mode: str, examples: list) -> dict[str, Answer]:
+    sees it. Nothing is kept on disk (ssr/harness/pipeline.py's `cached_generations` does the same into files)."""
+    def generations(mode: str, examples: list) -> dict[str, Generation]:
         prompts = [tok.apply_chat_template(prompt(e, mode), add_generation_prompt=True) for e in examples]
         with lora.disabled(model):  # targets come from the base model, also once adapters exist
             done = complete(model, prompts, max_new_tokens, stop_ids=tok.stop_ids, batch_size=batch_size)
@@ -122,9 +122,9 @@ def base_answers(model, tok, prompt: Callable, judge: Callable, *, max_new_token
             text = tok.decode(c.tokens)
             why = ("cut at max_new_tokens" if c.finish_reason != "stop" else "empty" if not text.strip()
                    else judge(e, mode, text))
-            out[e.id] = Answer(text, why, c.tokens + [c.stop_id] if c.stop_id is not None else None)
+            out[e.id] = Generation(text, why, c.tokens + [c.stop_id] if c.stop_id is not None else None)
         return out
-    return answers
+    return generations
 
 
 def training_samples(tok, prompts: list[list[dict]], targets: list[Target], max_len: int) -> tuple[list[Sample], dict]:

@@ -65,7 +65,7 @@ def test_supervised_ids_are_the_generated_ids_and_stop_token(model_and_tok, exam
     assert record["output_ids"] == generated.tokens[len(generated.tokens) - len(record["output_ids"]):]
     assert tok.decode(record["output_ids"]).strip() == record["output"].strip()
 
-    answer = methods.Answer(record["output"], None, pipeline.generated_ids(record, tmp_path / f"{mode}.jsonl"))
+    answer = methods.Generation(record["output"], None, pipeline.generated_ids(record, tmp_path / f"{mode}.jsonl"))
     source = {"predict": "self", "rewrite": "rewrite"}[mode]
     target = methods.first_accepted(example, {example.id: "gold"}, ({example.id: answer}, source))
     (sample,), cut = methods.training_samples(tok, [predict_messages(example)], [target], max_len=4096)

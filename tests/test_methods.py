@@ -41,12 +41,12 @@ CANNED = {"predict": (PREDICTIONS, VERDICTS), "paraphrase": (PARAPHRASES, PARA_V
 
 
 def canned(asked=None):
-    """An `answers` function over the canned generations and verdicts; records what each mode was asked for."""
+    """A `generations` function over the canned generations and verdicts; records what each mode was asked for."""
     def answers(mode, examples):
         if asked is not None:
             asked[mode] = [e.id for e in examples]
         generations, verdicts = CANNED[mode]
-        out = {e.id: methods.Answer(generations[e.id]["output"], pipeline.rejection(generations[e.id], verdicts[e.id]))
+        out = {e.id: methods.Generation(generations[e.id]["output"], pipeline.rejection(generations[e.id], verdicts[e.id]))
                for e in examples if e.id in generations}
         answers.rejected.update({(mode, id): a.rejected for id, a in out.items() if a.rejected})
         return out

@@ -107,10 +107,10 @@ def test_sdft_last_integer_rule(output, ok):
 def test_sdft_answer_cleans_and_filters_like_gen_distilled_data():
     e = load_task.__globals__["Example"]("0", "gsm8k", "q", "48/2 = <<48/2=24>>24\n#### 24")
     record = {"output": " She sold 48 / 2 = 24 . The answer is 24 .", "finish_reason": "stop"}
-    answer = recipes.sdft_answer(record, e)
+    answer = recipes.sdft_rewrite(record, e)
     assert answer.output == "She sold 48 / 2 = 24. The answer is 24." and answer.rejected is None
-    assert recipes.sdft_answer({**record, "output": "The answer is 25."}, e).rejected == "sdft: last integer differs"
-    assert recipes.sdft_answer({**record, "finish_reason": "length"}, e).rejected == "cut at max_new_tokens"
+    assert recipes.sdft_rewrite({**record, "output": "The answer is 25."}, e).rejected == "sdft: last integer differs"
+    assert recipes.sdft_rewrite({**record, "finish_reason": "length"}, e).rejected == "cut at max_new_tokens"
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The run-folder pipeline: generate -> judge -> targets -> LoRA training, every step kept on disk.
 
-`cached_answers` is the methods' `answers(mode, examples)` for a run folder: it generates with the base model
+`cached_generations` is the methods' `generations(mode, examples)` for a run folder: it generates with the base model
 (adapters off; greedy, or sampled in the sdft recipe), judges (the task's rule judge, or an LLM judge from
 ssr/harness/llm_judge.py, which also judges generic chat records), and keeps both, so a rerun resumes.
 `run_method` chains targets and LoRA training. In the run folder:
@@ -22,12 +22,12 @@ import torch
 
 from ssr import lora
 from ssr.harness import distributed, judges, llm_judge
-from ssr.harness.recipes import LoraSettings, encode_text_template, sdft_answer
+from ssr.harness.recipes import LoraSettings, encode_text_template, sdft_rewrite
 from ssr.harness.records import generate_records
 from ssr.harness.runfiles import read_records, write_records
 from ssr.harness.tasks import TASKS, Example, build_prompt, gold_response, predict_messages
 from ssr.harness.training import train
-from ssr.methods import CHOOSE, METHODS, SOURCES, Answer, Answers, Target, training_samples
+from ssr.methods import CHOOSE, METHODS, SOURCES, Generation, Generations, Target, training_samples
 from ssr.trainer import TrainConfig
 
 
@@ -55,17 +55,17 @@ def rejection(generation: dict, verdict: dict, quality: bool = True) -> str | No
     return None
 
 
-def cached_answers(model, tok, run_dir, *, batch_size: int = 16, max_new_tokens: int = 512,
+def cached_generations(model, tok, run_dir, *, batch_size: int = 16, max_new_tokens: int = 512,
                    workers: int | None = None, quality: bool = True, judge=None, progress: bool = True,
-                   recipe: str = "project", sampling: dict | None = None) -> Answers:
-    """An `answers` function that generates with the base model (adapters off), judges, and keeps both in
+                   recipe: str = "project", sampling: dict | None = None) -> Generations:
+    """A `generations` function that generates with the base model (adapters off), judges, and keeps both in
     run_dir/{mode}.jsonl and {mode}.verdicts.jsonl; each file resumes where a previous run stopped.
     judge: None for the task's rule judge, else an LLM judge (`llm_judge.make_judge`). sampling: temperature,
-    top_k, top_p, seed (default greedy). The sdft recipe filters its rewrites with `sdft_answer` instead of a
-    judge. Why each answer was not accepted is kept in `answers.rejected[(mode, id)]`."""
+    top_k, top_p, seed (default greedy). The sdft recipe filters its rewrites with `sdft_rewrite` instead of a
+    judge. Why each answer was not accepted is kept in `generations.rejected[(mode, id)]`."""
     run = Path(run_dir)
 
-    def answers(mode: str, examples: list[Example]) -> dict[str, Answer]:
+    def generations(mode: str, examples: list[Example]) -> dict[str, Generation]:
         if not examples:
             return {}
         with lora.disabled(model):
@@ -74,20 +74,20 @@ def cached_answers(model, tok, run_dir, *, batch_size: int = 16, max_new_tokens:
                                        **(sampling or {}))
         by_id, verdicts_path = {e.id: e for e in examples}, run / f"{mode}.verdicts.jsonl"
         if recipe == "sdft":  # trained as text, as the official code does (encode_text_template)
-            out = {r["id"]: sdft_answer(r, e) for r, e in zip(records, examples)}
+            out = {r["id"]: sdft_rewrite(r, e) for r, e in zip(records, examples)}
         else:
             if judge is None:
                 verdicts = judges.judge_records(by_id, records, verdicts_path, workers=workers, progress=progress)
             else:
                 verdicts = llm_judge.judge_records(judge, by_id, records, verdicts_path, progress=progress)
-            out = {r["id"]: Answer(r["output"], rejection(r, v, quality), generated_ids(r, run / f"{mode}.jsonl"))
+            out = {r["id"]: Generation(r["output"], rejection(r, v, quality), generated_ids(r, run / f"{mode}.jsonl"))
                    for r, v in zip(records, verdicts)}
-        answers.rejected.update({(mode, id): a.rejected for id, a in out.items() if a.rejected})
+        generations.rejected.update({(mode, id): a.rejected for id, a in out.items() if a.rejected})
         return out
 
-    answers.rejected = {}
-    answers.judge = "rule" if judge is None else judge.settings["judge"]
-    return answers
+    generations.rejected = {}
+    generations.judge = "rule" if judge is None else judge.settings["judge"]
+    return generations
 
 
 def generated_ids(record: dict, path) -> list[int] | None:
@@ -100,7 +100,7 @@ def generated_ids(record: dict, path) -> list[int] | None:
     return record["output_ids"] + [record["stop_id"]]
 
 
-def build_targets(method: str, examples: list[Example], answers: Answers, run_dir,
+def build_targets(method: str, examples: list[Example], generations: Generations, run_dir,
                   recipe: str = "project") -> list[Target]:
     """The training target of every example for this method, cached in run_dir/targets.jsonl."""
     if method not in METHODS:
@@ -110,9 +110,9 @@ def build_targets(method: str, examples: list[Example], answers: Answers, run_di
     if [r["id"] for r in cached] == [e.id for e in examples]:
         return [Target(r["id"], r["response"], r["source"], r.get("response_ids")) for r in cached]
     if method != "sft":
-        check_judge(examples[0].task, getattr(answers, "judge", "rule"), f"--method {method}", "the examples")
-    targets = CHOOSE[method](examples, {e.id: gold_response(e) for e in examples}, answers)
-    rejected = getattr(answers, "rejected", {})
+        check_judge(examples[0].task, getattr(generations, "judge", "rule"), f"--method {method}", "the examples")
+    targets = CHOOSE[method](examples, {e.id: gold_response(e) for e in examples}, generations)
+    rejected = getattr(generations, "rejected", {})
     if distributed.is_main():  # every rank chose the same targets; one writes them
         write_records(path, ({"id": t.id, "messages": build_prompt(e, "train", recipe).messages,
                               "response": t.response, "source": t.source,
@@ -144,10 +144,10 @@ def run_method(method: str, model, tok, examples: list[Example], run_dir, *, lor
     judge: None for the task's rule judge, else an LLM judge (`llm_judge.make_judge`)."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    answers = cached_answers(model, tok, run, batch_size=batch_size, max_new_tokens=max_new_tokens,
+    generations = cached_generations(model, tok, run, batch_size=batch_size, max_new_tokens=max_new_tokens,
                              workers=workers, quality=quality, judge=judge, progress=progress, recipe=recipe,
                              sampling=sampling)
-    targets = build_targets(method, examples, answers, run, recipe)
+    targets = build_targets(method, examples, generations, run, recipe)
     print(f"{method} targets: {target_stats(run)}")
     adapter = run / "adapter"
     if (adapter / "adapter_config.json").is_file():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ssr.harness.tasks import Example, Prompt, gold_response
 from ssr.harness.records import prompt_ids
-from ssr.methods import Answer, Target, sdft_verify
+from ssr.methods import Generation, Target, sdft_verify
 from ssr.trainer import Sample, encode
 
 @dataclass
@@ -111,16 +111,16 @@ def hf_clean_up(text: str) -> str:
     return text
 
 
-def sdft_answer(record: dict, example: Example) -> Answer:
+def sdft_rewrite(record: dict, example: Example) -> Generation:
     """The SDFT recipe's rewrite and its filter, as gen_distilled_data.py has them: the decoded text cleaned up
     and stripped, kept if verify() passes and its last integer is the gold one (no judge)."""
     text = hf_clean_up(record["output"]).strip()
     if record["finish_reason"] != "stop":
-        return Answer(text, "cut at max_new_tokens")
+        return Generation(text, "cut at max_new_tokens")
     if not text:
-        return Answer(text, "empty")
+        return Generation(text, "empty")
     why = sdft_verify(text) or (None if sdft_check_math(text, gold_response(example)) else "sdft: last integer differs")
-    return Answer(text, why)
+    return Generation(text, why)
 
 
 def encode_text_template(tok, prompts, targets: list[Target], max_len: int) -> tuple[list[Sample], dict]:
