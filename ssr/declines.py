@@ -42,7 +42,8 @@ class Decline:
 # What the passages are called, with the words that may stand between that and the verb.
 _PASSAGE = (r"(?:the|this|these|those|each|both)\s+(?:given\s+|provided\s+|above\s+|two\s+|three\s+)?"
             r"(?:passages?|texts?|context|documents?|paragraphs?|excerpts?|articles?|sources?|information)"
-            r"(?:\s+(?:provided|given|above|below|itself|themselves|here|shown|in\s+question))?")
+            r"(?:\s+(?:provided|given|above|below|itself|themselves|here|shown|in\s+question|"
+            r"you\s+(?:provided|gave)))?")
 
 # A first sentence that declines, each alternative anchored at the sentence's start (re.match).
 DECLINE = {
@@ -56,8 +57,9 @@ DECLINE = {
     # "The text cannot answer / is unable to tell / fails to mention ..."
     "passage + cannot": _PASSAGE + r"\s+(?:cannot|can't|can\s+not|could\s+not|couldn't|(?:is|are)\s+unable\s+to|"
     r"fails?\s+to)\s+(?:be\s+used\s+to\s+)?(?:answer|provide|say|tell|determine|give|mention|specify|help)\b",
-    # "The passage lacks ... / makes no mention / says nothing / is silent / has no information ..."
-    "passage + lacks": _PASSAGE + r"\s+(?:lacks?|makes?\s+no\s+mention|says?\s+nothing|(?:is|are)\s+silent|"
+    # "The passage lacks ... / makes no mention / says nothing / is silent / is incomplete / has no information"
+    "passage + lacks": _PASSAGE + r"\s+(?:lacks?|makes?\s+no\s+mention|says?\s+nothing|"
+    r"(?:is|are)\s+(?:silent|incomplete|insufficient)|"
     r"(?:has|have)\s+no\s+(?:information|answer|mention|details?|data))\b",
     # "None of the passages mention ...", "Neither passage answers ..."
     "no passage + verb": r"(?:none\s+of\s+the|neither(?:\s+of\s+the)?)\s+(?:passages?|texts?|documents?)\s+"
@@ -72,12 +74,13 @@ DECLINE = {
     r"\s+be\s+(?:found|determined|given|provided|answered)\b|the\s+answer(?:\s+to\s+(?:the|this|your)\s+"
     r"question)?\s+(?:is|remains)\s+(?:unclear|unknown)\b",
     "the question cannot be answered": r"(?:the|this)\s+question\s+(?:cannot|can't|can\s+not)\s+be\s+answered\b",
-    "not possible to answer": r"it\s+is\s+(?:not\s+possible|impossible)\s+to\s+(?:answer|determine|tell|say|know|find)\b",
+    "not possible to answer": r"it\s+is\s+(?:not\s+possible|impossible)\s+to\s+(?:answer|determine|tell|say|know|find|"
+    r"provide|give)\b",
     "not mentioned in the passage": r"(?:it|this)\s+(?:is\s+not|isn't)\s+(?:mentioned|stated|specified|given|said|"
     r"answered|provided)\s+in\s+the\s+(?:passages?|text|context|documents?)\b",
     # the model speaking for itself: "I cannot find ...", "I don't know."
-    "I cannot find": r"(?:i|we)\s+(?:cannot|can't|can\s+not|could\s+not|couldn't|am\s+unable\s+to|am\s+not\s+able\s+to|"
-    r"was\s+unable\s+to)\s+(?:find|answer|determine|tell|provide|locate|give|say)\b",
+    "I cannot answer": r"(?:i|we)\s+(?:cannot|can't|can\s+not|could\s+not|couldn't|am\s+unable\s+to|"
+    r"am\s+not\s+able\s+to|was\s+unable\s+to)\s+(?:find|answer|determine|tell|provide|locate|give|say)\b",
     "I don't know": r"i\s+(?:do\s+not|don't)\s+(?:know|have\s+(?:enough\s+)?(?:information|the\s+answer))\b",
 }
 
@@ -126,7 +129,7 @@ def declines(output: str) -> Decline:
         if _HEDGE.search(sentence):
             return Decline(False, f"{rule}, then a hedge or an answer: {sentence[:60]!r}")
         as_passage = re.sub(r"^(?:it|they)\b", "the passage", sentence)  # "It does not say ...": the passage
-        if not (any(re.match(p, as_passage) for p in DECLINE.values()) or _ABOUT_PASSAGE.match(sentence)
-                or _COURTESY.match(sentence)):
+        declined = any(re.match(p, s) for p in DECLINE.values() for s in (sentence, as_passage))
+        if not (declined or _ABOUT_PASSAGE.match(sentence) or _COURTESY.match(sentence)):
             return Decline(False, f"{rule}, then content: {sentence[:60]!r}")
     return Decline(True, rule)

@@ -25,7 +25,7 @@ def confusion(rows) -> dict:
 
 def test_the_table_is_real_and_varied():
     assert all(set(r) == {"output", "question", "answers", "label", "source", "note"} for r in ROWS)
-    assert all(r["source"] in ("constructed",) or r in REAL for r in ROWS)
+    assert {r["source"] for r in ROWS if r not in REAL} == {"constructed"}
     assert len(REAL) >= 60 and len({r["output"] for r in ROWS}) == len(ROWS)  # each output once
     declined = [r for r in REAL if r["label"]]
     assert len(declined) >= 10 and len(REAL) - len(declined) >= 40
@@ -33,8 +33,9 @@ def test_the_table_is_real_and_varied():
 
 
 def test_agreement_with_the_labels():
-    """Measured (docs/ssr_setting.md): real outputs tp 17, fp 0, fn 3, tn 143 (98.2%); constructed rows tp 9,
-    fp 1 (the known miss), fn 0, tn 7. The floor: 95% on each, and no false decline on a real output."""
+    """Measured (docs/ssr_setting.md): real outputs tp 18, fp 0, fn 4, tn 164 (97.8%); all rows, the constructed
+    ones too, tp 27, fp 1 (the known miss, "... it only mentions X"), fn 4, tn 171 (96.6%). The floor: 95% on
+    each, and no false decline on a real output."""
     for rows in (REAL, ROWS):
         c = confusion(rows)
         accuracy = (c["tp"] + c["tn"]) / len(rows)
