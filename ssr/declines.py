@@ -7,7 +7,7 @@ information to answer the question.". Counting only the exact sentence gives suc
 declining, which biases the unanswerable rate against a method that keeps the model's own wording (SSR).
 
 The rules, over the output's sentences (lower case, curly quotes straightened):
-1. The output is the exact sentence (normalised like an answer): a decline.
+1. The output is the exact sentence (case, punctuation and a/an/the aside): a decline.
 2. Else the first sentence, after a lead-in ("The answer is:", "Unfortunately,", "Based on the passage,"), must
    say the passages lack the answer (`DECLINE`): a passage word with a negated verb ("The text does not
    mention ...", "The passage is not able to provide ..."), or "There is no information ...", "The question
@@ -18,15 +18,14 @@ The rules, over the output's sentences (lower case, curly quotes straightened):
    ...") without a hedge ("maybe", "probably", "the answer is ...").
 
 The trap avoided: SSR trains on the self answers the judge accepts, so a decline that also asserts content is
-not a decline: where in doubt, the rules say "not a decline" (an answer that opens with a claim and declines
-after it is one). "The passage is not about X, but about Y" describes the passage and is no decline either.
+not a decline, and where in doubt the rules say "not a decline" (an output that opens with a claim and declines
+after it is not one). "The passage is not about X, but about Y" describes the passage and is no decline either.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from ssr.judges import normalize_answer
 from ssr.tasks import UNANSWERABLE
 
 
@@ -107,9 +106,15 @@ _NEGATION = re.compile(r"\b(?:not|no|nothing|none|neither|cannot)\b|n't\b")
 _SENTENCE_END = re.compile(r"(?<=[.!?;])[\"')\]]*\s+|\n+")
 
 
+def _words(text: str) -> list[str]:
+    """The words of a text, case, punctuation and a/an/the aside (as judges.normalize_answer compares answers; not
+    imported from there, so that the judges can import this module)."""
+    return [w for w in re.findall(r"[a-z0-9]+", text.lower()) if w not in ("a", "an", "the")]
+
+
 def declines(output: str) -> Decline:
     """Whether `output` declines to answer, and the rule that decided (see the module's docstring)."""
-    if normalize_answer(output) == normalize_answer(UNANSWERABLE):
+    if _words(output) == _words(UNANSWERABLE):
         return Decline(True, "exact sentence")
     text = " ".join(output.replace("\u2019", "'").replace("\u2018", "'").replace("*", "").lower().split())
     text = text.strip(" \"'")
