@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ssr import judges
-from ssr.declines import DECLINE, Decline, declines
-from ssr.tasks import UNANSWERABLE, load_task
+from ssr.harness import judges
+from ssr.harness.declines import DECLINE, Decline, declines
+from ssr.harness.tasks import UNANSWERABLE, load_task
 
 TABLE = Path(__file__).parent / "data" / "declines.jsonl"
 ROWS = [json.loads(line) for line in TABLE.read_text(encoding="utf-8").splitlines()]

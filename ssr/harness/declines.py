@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ssr.tasks import UNANSWERABLE
+from ssr.harness.tasks.squad2 import UNANSWERABLE
 
 
 @dataclass(frozen=True)
