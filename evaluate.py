@@ -5,12 +5,12 @@
     python evaluate.py --compare results/base.json results/sft.json results/ssr.json
 
 Target tasks (gsm8k, mbpp, nq, squad2, or NAME=FILE for any task file in those formats) are answered
-greedily with the task prompts of ssr/tasks.py and judged by ssr/judges.py (or an LLM judge, --judge llm):
+greedily with the task prompts of ssr/harness/tasks/ and judged by their rule judges (or an LLM judge, --judge llm):
 GSM8K accuracy, MBPP pass@1, NQ-open accuracy (contains; exact match reported beside it), SQuAD 2.0 as
 SSR reports it (answerable_recall: token recall of the gold answer; unanswerable_rate: how often the model
 declines; answerable_acc / acc: the judge's accuracy; recall_or_declined: both together). Retention
 benchmarks (mmlu, arc_easy, arc_challenge, truthfulqa_mc1, truthfulqa_mc2, hellaswag, winogrande) are scored
-by log-likelihood multiple choice with the formats of ssr/evaluation.py. --limit takes the same fixed-seed
+by log-likelihood multiple choice with the formats of ssr/harness/evaluation.py. --limit takes the same fixed-seed
 sample for every model. A paper's name (ssr-paper, s3ft-paper, sdft-paper) runs that paper's benchmark set
 with its own metrics and target/retention split, and prints the paper's reported numbers beside ours where
 known.

@@ -3,13 +3,13 @@
     python generate.py --model smollm2-135m-instruct --task-file data/gsm8k/train.jsonl --mode predict \\
         --out runs/gsm8k/predict.jsonl
 
-Modes (prompts in ssr/tasks.py): predict (the model answers the task, SSR/S3FT), paraphrase (restates the
+Modes (prompts in ssr/harness/tasks/): predict (the model answers the task, SSR/S3FT), paraphrase (restates the
 gold answer in its own words, S3FT), rewrite (SDFT's distillation prompt). Greedy unless --temperature > 0.
 Each record: {"id", "mode", "messages", "prompt_text" (the exact rendered prompt), "output", "finish_reason": "stop"|"length", "prompt_tokens",
 "output_tokens"} (+ "prefix" in rewrite mode). Resumable: a rerun skips the (id, mode) pairs already in
 --out; a killed run loses at most the batch in flight. The settings that shape the outputs are kept beside
 --out (NAME.settings.json), and a rerun with others is refused; a second copy on the same --out is refused
-while the first holds NAME.lock. Inputs and flags are checked before anything is written (ssr/cli.py).
+while the first holds NAME.lock. Inputs and flags are checked before anything is written (ssr/harness/cli.py).
 """
 from __future__ import annotations
 
