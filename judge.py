@@ -1,4 +1,5 @@
-"""Judge generated answers with the rule-based judges (ssr/harness/tasks/, via ssr/harness/judges.py) or an LLM judge (ssr/harness/llm_judge.py).
+"""Judge generated answers with the rule-based judges (ssr/harness/tasks/) or an LLM judge
+(ssr/harness/llm_judge.py).
 
     python judge.py --task-file data/gsm8k/test.jsonl --predictions runs/pred.jsonl --out runs/verdicts.jsonl
     python judge.py --task-file chat.jsonl --predictions runs/pred.jsonl --out runs/llm.verdicts.jsonl \\
