@@ -373,16 +373,21 @@ def token_recall(response: str, golds: list[str]) -> float:
 
 
 def grounded_qa_scores(examples, outputs: list[str], correct: list[bool]) -> dict:
-    """SSR's metrics on squad2: answerable questions by token recall and by the judge; unanswerable ones by how
-    often the model declines (gives the prompt's sentence); both apart and together."""
+    """SSR's metrics on grounded QA (squad2, nq_rc): answerable questions by token recall and by the judge;
+    unanswerable ones by how often the model declines, read by meaning (ssr/harness/declines.py: "The passage
+    does not contain the answer." counts), with the strict count of the prompt's exact sentence beside it
+    (`*_exact`); both apart and together."""
     answerable = [i for i, e in enumerate(examples) if e.answers]
     unanswerable = [i for i, e in enumerate(examples) if not e.answers]
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
     recall = {i: token_recall(outputs[i], examples[i].answers) for i in answerable}
     declined = {i: judges.declines(outputs[i]) for i in range(len(examples))}
+    exact = {i: judges.says_sentence(outputs[i]) for i in range(len(examples))}
     return {"answerable_recall": mean(list(recall.values())), "answerable_acc": mean([correct[i] for i in answerable]),
             "answerable_decline_rate": mean([declined[i] for i in answerable]),
+            "answerable_decline_rate_exact": mean([exact[i] for i in answerable]),
             "unanswerable_rate": mean([declined[i] for i in unanswerable]),
+            "unanswerable_rate_exact": mean([exact[i] for i in unanswerable]),
             "unanswerable_acc": mean([correct[i] for i in unanswerable]),
             "recall_or_declined": mean([recall[i] if i in recall else declined[i] for i in range(len(examples))]),
             "n_answerable": len(answerable), "n_unanswerable": len(unanswerable)}
