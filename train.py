@@ -88,9 +88,9 @@ def parse_args(argv):
     g = p.add_argument_group("judge (ssr, s3ft, sdft): which of the model's answers may be targets")
     g.add_argument("--judge", choices=llm_judge.KINDS, default="rule",
                    help="the task's rule judge (default), an LLM judge, or both must accept")
-    g.add_argument("--judge-model", default="self", help="the LLM judge: an HF folder, the default model's name, or "
-                                                         "self (the model being trained, adapters off); with "
-                                                         "--judge-url, the served model's name")
+    g.add_argument("--judge-model", help="the LLM judge, required with --judge llm|both: an HF folder, the default "
+                                         "model's name, or self (the model being trained, adapters off: named "
+                                         "explicitly, never a default); with --judge-url, the served model's name")
     g.add_argument("--judge-url", help="an OpenAI-compatible endpoint (http://host:8000/v1) serving the judge; "
                                        f"the key is read from ${llm_judge.API_KEY_ENV[0]} (else "
                                        f"${llm_judge.API_KEY_ENV[1]})")
@@ -146,6 +146,7 @@ def run(argv: list[str]) -> int:
     examples = examples[:args.limit] if args.limit else examples
     if args.method != "sft":
         check_judge(examples[0].task, args.judge, f"--method {args.method}", f"--data {args.data}")
+        llm_judge.require_named(args.judge, args.judge_model)
     recipe = args.recipe or default_recipe(args.method, examples[0].task)
     for name, value in RECIPES[recipe].items():  # a flag left unset takes the recipe's value
         if getattr(args, name) is None:
