@@ -152,7 +152,7 @@ def run(argv: list[str]) -> int:
         if getattr(args, name) is None:
             setattr(args, name, lora_module_list(value) if name == "lora_modules" else value)
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.sample_seed}
-    quality = not args.keep_answer_only and recipe == "project"
+    quality = not args.keep_answer_only and recipe != "sdft"
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                          if f.name not in ("checkpointing", "bf16")},
                       checkpointing=args.gradient_checkpointing, bf16=not args.no_bf16_autocast)

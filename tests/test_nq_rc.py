@@ -27,7 +27,8 @@ def test_loads_the_oracle_file(oracle):
     assert len(examples) == 2655 and len({e.id for e in examples}) == 2655
     first = examples[0]
     assert (first.id, first.task, first.question, first.gold, first.answers) == (
-        "0", "nq_rc", "who got the first nobel prize in physics", "Wilhelm Conrad Röntgen", ["Wilhelm Conrad Röntgen"])
+        "0", "nq_rc", "who got the first nobel prize in physics", "Wilhelm Conrad Röntgen",
+        ["Wilhelm Conrad Röntgen"])
     assert first.documents[0].startswith("Title: List of Nobel laureates in Physics\nThe first Nobel Prize in Physics")
     rows = [json.loads(line) for line in gzip.open(oracle, "rt", encoding="utf-8")]
     assert detect_task(rows[0]) == "nq_rc"

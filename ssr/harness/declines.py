@@ -1,9 +1,9 @@
 """The decline judge: does an answer to a grounded question decline, in the model's own words, to answer it
 (say that the passages do not contain the answer)?
 
-The grounded prompts (squad2, nq_rc) give an exact sentence to decline with (`UNANSWERABLE`, defined here), but a small model says it its
-own way: "The passage does not contain the answer to the question.", "The passage doesn't provide enough
-information to answer the question.". Counting only the exact sentence gives such a model no credit for
+The grounded prompts (squad2, nq_rc) give an exact sentence to decline with (`UNANSWERABLE`, defined here), but a
+small model says it its own way: "The passage does not contain the answer to the question.", "The passage doesn't
+provide enough information to answer the question.". Counting only the exact sentence gives such a model no credit for
 declining, which biases the unanswerable rate against a method that keeps the model's own wording (SSR).
 
 The rules, over the output's sentences (lower case, curly quotes straightened):

@@ -75,7 +75,8 @@ def detect_task(row: dict, where: str = "record") -> str:
         return "chat"
     raise ValueError(f"{where}: unknown record format with fields {sorted(row)}; expected GSM8K (question, answer), "
                      "MBPP (task_id, text, code, test_list), NQ-open (question, answer list), "
-                     "grounded QA (id, documents or context, question, answers), NQ with passages (question, answers, ctxs), "
+                     "grounded QA (id, documents or context, question, answers), "
+                     "NQ with passages (question, answers, ctxs), "
                      "or chat records (messages, or prompt and response); or name it with --task")
 
 
@@ -131,10 +132,19 @@ def plain_gold(example: Example) -> str:
 
 MODES = ("predict", "paraphrase", "rewrite")
 
-# predict (SSR, S3FT): the task as a user asks it. This is also the prompt to train on, so that a
-# self-generated target answers exactly the prompt it is trained with. {question} is the task text; for
+# predict (SSR, S3FT): the task as a user asks it. In the project recipe this is also the prompt to train on, so
+# that a self-generated target answers exactly the prompt it is trained with. {question} is the task text; for
 # MBPP {tests} are its asserts, one per line (as in the MBPP paper's prompt, which is what names the
 # function). Chat records are sent as they are.
+#
+# train (the s3ft recipe only): S3FT shows one prompt for training (its Fig. 3) and another for predicting the base
+# model's answer (its Fig. 4). Their wording is not available here; each task file's `TRAIN` is ours: the task
+# as the data set states it (GSM8K's problem, MBPP's task and tests, the passages and question), without the
+# predict prompt's instruction on the answer's form ("End with ... The answer is N.", "a short answer", the
+# decline sentence). Gold, the model's own answers and its paraphrases are all trained as the response to it;
+# a self-generated target keeps the very ids the model generated after the predict prompt (the chat template's
+# generation prompt ends both prompts alike, so those ids follow the training prompt's ids as they followed the
+# predict prompt's).
 #
 # paraphrase (S3FT): the task and its gold answer; the model restates the gold answer in its own words,
 # keeping its final result (same number, same function, same short answer). {question} is the task text
@@ -262,15 +272,18 @@ def judge_messages(example: Example, response: str) -> list[dict]:
 
 
 def build_prompt(example: Example, mode: str, recipe: str = "project") -> Prompt:
-    """The prompt of one example in one mode ("train" too, for the SDFT recipe's training prompt)."""
+    """The prompt of one example in one mode; "train" is the prompt trained on: the predict prompt in the project
+    recipe, `train_messages` in the s3ft recipe, the official template in the sdft recipe."""
     # recipes.py builds its prompts on this package's, so it is imported when a prompt is asked for
     from ssr.harness.recipes import RECIPES, SDFT_MODE_TEMPLATE, sdft_prompt
     if recipe == "sdft":
         if mode not in SDFT_MODE_TEMPLATE:
             raise ValueError(f"the SDFT recipe has no {mode!r} prompt; it has {', '.join(SDFT_MODE_TEMPLATE)}")
         return sdft_prompt(example, SDFT_MODE_TEMPLATE[mode])
-    if recipe != "project":
+    if recipe not in ("project", "s3ft"):
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    if mode == "train" and recipe == "s3ft":
+        return Prompt(train_messages(example))
     if mode == "train":
         mode = "predict"
     if mode not in MODES:
@@ -289,6 +302,15 @@ def build_prompt(example: Example, mode: str, recipe: str = "project") -> Prompt
 def predict_messages(example: Example) -> list[dict]:
     """The task as a user asks it: the prompt of predict mode, and of training."""
     return TASK_FILES[example.task].predict_messages(example)
+
+
+def train_messages(example: Example) -> list[dict]:
+    """S3FT's training prompt (the s3ft recipe): the task file's `TRAIN` filled in, as one user turn; a task file
+    without one (chat records: their conversation is the task) trains on its predict prompt."""
+    task = TASK_FILES[example.task]
+    if getattr(task, "TRAIN", None) is None:
+        return predict_messages(example)
+    return [{"role": "user", "content": task.TRAIN.format(**task.fields(example))}]
 
 
 def clean_gold(example: Example) -> str:

@@ -29,6 +29,7 @@ def from_record(row: dict, index: int, where: str) -> Example:
 
 PREDICT = ("{question}\n\nSolve the problem step by step. End with a final line of the form "
            "\"The answer is N.\", where N is the final number.")
+TRAIN = "{question}"  # the s3ft recipe's training prompt (tasks/__init__.py): the problem as GSM8K states it
 PARAPHRASE = ("Here is a math problem and a correct solution to it.\n\nProblem:\n{question}\n\nSolution:\n{gold}\n\n"
               "Rewrite the solution in your own words, explaining each step, with the same final answer. "
               "End with a final line of the form \"The answer is N.\"")

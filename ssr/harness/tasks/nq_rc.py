@@ -17,12 +17,12 @@ and judge are squad2's (tasks/squad2.py), so both grounded tasks are asked and j
   j; 0-based), `answers: []`, gold `UNANSWERABLE`. j is the first record after i, in a fixed permutation of the
   question's own split (random.Random(`PAIRING_SEED`)), whose passages contain none of i's answers (`mentions`:
   as the judge matches answers, as whole words with punctuation read as spaces, and as a plain case-insensitive
-  substring; stricter than the judge, so that a passage the judge would credit is never paired). Pairing stays inside the split, so a
-  test question is never shown a training passage and vice versa. Answerable and unanswerable examples
-  alternate (i, i-u, ...), so `--limit N` keeps them balanced. A question no passage of its split can be paired
-  with keeps no pair: in the oracle set one ("... which english alphabet", answer "S", a substring of every
-  passage), so 2,654 unanswerable examples. How SSR itself built its unanswerable NQ queries is not published;
-  this construction is ours.
+  substring; stricter than the judge, so that a passage the judge would credit is never paired). Pairing stays
+  inside the split, so a test question is never shown a training passage and vice versa. Answerable and
+  unanswerable examples alternate (i, i-u, ...), so `--limit N` keeps them balanced. A question no passage of
+  its split can be paired with keeps no pair: in the oracle set one ("... which english alphabet", answer "S", a
+  substring of every passage), so 2,654 unanswerable examples. How SSR itself built its unanswerable NQ queries
+  is not published; this construction is ours.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import unicodedata
 
 from ssr.harness.tasks import STR, STRS, Example, _short
 from ssr.harness.tasks.nq import nq
-from ssr.harness.tasks.squad2 import (JUDGE, PARAPHRASE, PREDICT, REWRITE, REWRITE_PREFIX,  # noqa: F401
+from ssr.harness.tasks.squad2 import (JUDGE, PARAPHRASE, PREDICT, REWRITE, REWRITE_PREFIX, TRAIN,  # noqa: F401
                                       UNANSWERABLE, clean_gold, fields, gold_response, judge_example,
                                       predict_messages, unfit)
 

@@ -69,6 +69,7 @@ def passages(example: Example) -> str:
 # the passages before the question, and the exact sentence to give when they do not answer it
 PREDICT = ("Answer the question using only the passages below. If the passages do not contain the answer, "
            "reply with exactly this sentence: \"{decline}\"\n\n{passages}\n\nQuestion: {question}")
+TRAIN = "{passages}\n\nQuestion: {question}"  # the s3ft recipe's training prompt (tasks/__init__.py)
 PARAPHRASE = ("Here are passages, a question about them and its correct answer.\n\n{passages}\n\n"
               "Question: {question}\nCorrect answer: {gold}\n\nAnswer the question in your own words, in a "
               "sentence, keeping this answer. If the correct answer is \"{decline}\", reply with exactly that "
