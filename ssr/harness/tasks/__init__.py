@@ -151,12 +151,14 @@ MODES = ("predict", "paraphrase", "rewrite")
 # (for chat records, the last user turn), {gold} the gold answer; MBPP shows its tests again, since they
 # fix the function's name.
 #
-# rewrite (SDFT, project recipe): the wording of SDFT's distillation templates (sail-sg/sdft, template.py:
-# `gsm8k_distill` for GSM8K, `alpaca_distill_refer` for its other data sets) put into the model's own chat
-# template: the system text opens the user turn, {prompt} is the predict prompt's user text (the query this
-# recipe trains on), {gold} the gold answer. Not the official rendering: `--recipe sdft` (SDFT_TEMPLATES
-# in ssr/harness/recipes.py) is. The output is the continuation of the prefill; the prefill is not part of
-# the target. `alpaca_distill_refer` is the rewrite prompt of every task but GSM8K, with no prefill:
+# rewrite (SDFT, project recipe): the wording of two distillation templates of SDFT's code (sail-sg/sdft,
+# src/llmtuner/data/template.py: `gsm8k_distill`, and `alpaca_distill_refer`, a general template with a
+# reference answer; which template the official scripts use for which of SDFT's data sets is not checked here)
+# put into the model's own chat template: the system text opens the user turn, {prompt} is the predict prompt's
+# user text, {gold} the gold answer. Not the official rendering: `--recipe sdft` (SDFT_TEMPLATES in
+# ssr/harness/recipes.py) is, for GSM8K. The output is the continuation of the prefill; the prefill is not part
+# of the target. This project uses `alpaca_distill_refer`'s wording as the rewrite prompt of every task but
+# GSM8K (SDFT has no MBPP, NQ or grounded-QA recipe), with no prefill:
 REWRITE_OTHER = ("Below are an instruction that describes a task along with a reference answer. Refer to the "
                  "reference answer and write your own response.\n\n### Instruction:\n{prompt}\n\n"
                  "### Reference Answer:\n{gold}\n\n### Response:\n")
