@@ -121,7 +121,8 @@ def parse_args(argv: list[str]):
     p.add_argument("--limit", type=cli.positive_int,
                    help="at most this many questions per benchmark (a fixed-seed sample)")
     p.add_argument("--split", choices=tuple(MBPP_SPLITS), default="test",
-                   help="MBPP: the official split scored (default test, task_ids 11-510)")
+                   help="MBPP: the official split scored (default test, task_ids 11-510); nq_rc: train or test "
+                        "(default), by question")
     p.add_argument("--out", type=Path, help="results JSON (updated after each benchmark)")
     p.add_argument("--batch-size", type=cli.positive_int, default=16, help="prompts generated together")
     p.add_argument("--batch-tokens", type=cli.positive_int, default=8192, help="tokens per scoring forward pass")

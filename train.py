@@ -64,9 +64,9 @@ def parse_args(argv):
                                   "or chat records (sft, or any method with --judge llm)")
     p.add_argument("--limit", type=cli.positive_int, help="train on the first N examples (of --split, when given)")
     p.add_argument("--split", choices=tuple(MBPP_SPLITS), help="MBPP: the official split by task_id "
-                   "(train 601-974, validation 511-600, test 11-510, prompt 1-10)")
-    p.add_argument("--allow-test-split", action="store_true", help="train on MBPP test task_ids anyway "
-                                                                   "(inflates every MBPP score)")
+                   "(train 601-974, validation 511-600, test 11-510, prompt 1-10); nq_rc: train or test, by question")
+    p.add_argument("--allow-test-split", action="store_true", help="train on MBPP test task_ids or nq_rc test "
+                                                                   "questions anyway (inflates their scores)")
     p.add_argument("--recipe", choices=RECIPES, help="the settings every default below comes from (default: sdft "
                                                      "for --method sdft on GSM8K, else project)")
     p.add_argument("--model", default=ssr.DEFAULT_MODEL, help="HF checkpoint folder, or the built-in default")
