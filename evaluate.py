@@ -121,7 +121,8 @@ def parse_args(argv: list[str]):
     p.add_argument("--limit", type=cli.positive_int,
                    help="at most this many questions per benchmark (a fixed-seed sample)")
     p.add_argument("--split", choices=tuple(MBPP_SPLITS), default="test",
-                   help="MBPP: the official split scored (default test, task_ids 11-510)")
+                   help="MBPP: the official split scored (default test, task_ids 11-510); nq_rc: train or test "
+                        "(default), by question")
     p.add_argument("--out", type=Path, help="results JSON (updated after each benchmark)")
     p.add_argument("--batch-size", type=cli.positive_int, default=16, help="prompts generated together")
     p.add_argument("--batch-tokens", type=cli.positive_int, default=8192, help="tokens per scoring forward pass")
@@ -129,10 +130,10 @@ def parse_args(argv: list[str]):
     p.add_argument("--nq-mode", choices=judges.NQ_MODES, default="contains")
     p.add_argument("--judge", choices=llm_judge.KINDS, default="rule",
                    help="target tasks: the rule judge (default), an LLM judge, or both must accept")
-    p.add_argument("--judge-model", default="self", help="the LLM judge: an HF folder, the default model's name, or "
-                                                         "self (the evaluated model with its adapter off: one judge "
-                                                         "for base and fine-tuned runs); with --judge-url, the "
-                                                         "served model's name")
+    p.add_argument("--judge-model", help="the LLM judge, required with --judge llm|both: an HF folder, the default "
+                                         "model's name, or self (the evaluated model with its adapter off: one "
+                                         "judge for base and fine-tuned runs; named explicitly, never a default); "
+                                         "with --judge-url, the served model's name")
     p.add_argument("--judge-url", help="an OpenAI-compatible endpoint serving the judge (key from "
                                        f"${llm_judge.API_KEY_ENV[0]}, else ${llm_judge.API_KEY_ENV[1]})")
     p.add_argument("--judge-max-new-tokens", type=cli.positive_int, default=256)
@@ -159,6 +160,7 @@ def run(argv: list[str]) -> int:
     if args.out.is_dir():
         raise IsADirectoryError(f"--out {args.out} is a folder; give a results file name (results/base.json)")
     # every input is read and checked before anything is written
+    llm_judge.require_named(args.judge, args.judge_model)
     tasks = parse_tasks(args.tasks, args.data_dir)
     if not tasks:
         raise ValueError("--tasks names no benchmark")

@@ -37,7 +37,8 @@ def parse_args(argv: list[str]):
     p.add_argument("--adapter", help="a LoRA adapter folder (PEFT format) to generate with")
     p.add_argument("--limit", type=cli.positive_int, help="only the first N examples of the task file (of --split, "
                                                           "when given)")
-    p.add_argument("--split", choices=tuple(MBPP_SPLITS), help="MBPP: the official split by task_id")
+    p.add_argument("--split", choices=tuple(MBPP_SPLITS), help="MBPP: the official split by task_id; nq_rc: train "
+                                                               "or test, by question")
     p.add_argument("--batch-size", type=cli.positive_int, default=16)
     p.add_argument("--max-new-tokens", type=cli.positive_int, default=512)
     p.add_argument("--temperature", type=cli.nonnegative_float, default=0.0, help="0: greedy")

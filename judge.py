@@ -20,7 +20,6 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import ssr
 from ssr.harness import cli, distributed, judges, llm_judge
 from ssr.harness.cli import device_and_dtype
 from ssr.harness.runfiles import check_settings, numbered_records, read_records
@@ -58,8 +57,9 @@ def parse_args(argv: list[str]):
     g = parser.add_argument_group("LLM judge")
     g.add_argument("--judge", choices=llm_judge.KINDS, default="rule",
                    help="the task's rule judge (default), an LLM judge, or both must accept")
-    g.add_argument("--judge-model", default=ssr.DEFAULT_MODEL,
-                   help="an HF folder or the default model's name; with --judge-url, the served model's name")
+    g.add_argument("--judge-model", help="required with --judge llm|both: an HF folder or the default model's name "
+                                         "(a 135M model cannot judge: docs/ssr_setting.md); with --judge-url, the "
+                                         "served model's name")
     g.add_argument("--judge-url", help="an OpenAI-compatible endpoint (http://host:8000/v1) serving the judge; the "
                                        f"key is read from ${llm_judge.API_KEY_ENV[0]} (else ${llm_judge.API_KEY_ENV[1]})")
     g.add_argument("--judge-max-new-tokens", type=cli.positive_int, default=256, help="the judge's reply, at most")
@@ -89,6 +89,7 @@ def read_predictions(path: Path) -> list[dict]:
 def run(argv: list[str]) -> int:
     args = parse_args(argv)
     # every input is read and checked before anything is written
+    llm_judge.require_named(args.judge, args.judge_model)
     examples = {ex.id: ex for ex in load_task(args.task_file, args.task)}
     task = next(iter(examples.values())).task
     check_judge(task, args.judge, "judging", f"--task-file {args.task_file}")

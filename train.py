@@ -64,9 +64,9 @@ def parse_args(argv):
                                   "or chat records (sft, or any method with --judge llm)")
     p.add_argument("--limit", type=cli.positive_int, help="train on the first N examples (of --split, when given)")
     p.add_argument("--split", choices=tuple(MBPP_SPLITS), help="MBPP: the official split by task_id "
-                   "(train 601-974, validation 511-600, test 11-510, prompt 1-10)")
-    p.add_argument("--allow-test-split", action="store_true", help="train on MBPP test task_ids anyway "
-                                                                   "(inflates every MBPP score)")
+                   "(train 601-974, validation 511-600, test 11-510, prompt 1-10); nq_rc: train or test, by question")
+    p.add_argument("--allow-test-split", action="store_true", help="train on MBPP test task_ids or nq_rc test "
+                                                                   "questions anyway (inflates their scores)")
     p.add_argument("--recipe", choices=RECIPES, help="the settings every default below comes from (default: sdft "
                                                      "for --method sdft on GSM8K, else project)")
     p.add_argument("--model", default=ssr.DEFAULT_MODEL, help="HF checkpoint folder, or the built-in default")
@@ -88,9 +88,9 @@ def parse_args(argv):
     g = p.add_argument_group("judge (ssr, s3ft, sdft): which of the model's answers may be targets")
     g.add_argument("--judge", choices=llm_judge.KINDS, default="rule",
                    help="the task's rule judge (default), an LLM judge, or both must accept")
-    g.add_argument("--judge-model", default="self", help="the LLM judge: an HF folder, the default model's name, or "
-                                                         "self (the model being trained, adapters off); with "
-                                                         "--judge-url, the served model's name")
+    g.add_argument("--judge-model", help="the LLM judge, required with --judge llm|both: an HF folder, the default "
+                                         "model's name, or self (the model being trained, adapters off: named "
+                                         "explicitly, never a default); with --judge-url, the served model's name")
     g.add_argument("--judge-url", help="an OpenAI-compatible endpoint (http://host:8000/v1) serving the judge; "
                                        f"the key is read from ${llm_judge.API_KEY_ENV[0]} (else "
                                        f"${llm_judge.API_KEY_ENV[1]})")
@@ -146,12 +146,13 @@ def run(argv: list[str]) -> int:
     examples = examples[:args.limit] if args.limit else examples
     if args.method != "sft":
         check_judge(examples[0].task, args.judge, f"--method {args.method}", f"--data {args.data}")
+        llm_judge.require_named(args.judge, args.judge_model)
     recipe = args.recipe or default_recipe(args.method, examples[0].task)
     for name, value in RECIPES[recipe].items():  # a flag left unset takes the recipe's value
         if getattr(args, name) is None:
             setattr(args, name, lora_module_list(value) if name == "lora_modules" else value)
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.sample_seed}
-    quality = not args.keep_answer_only and recipe == "project"
+    quality = not args.keep_answer_only and recipe != "sdft"
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)
                          if f.name not in ("checkpointing", "bf16")},
                       checkpointing=args.gradient_checkpointing, bf16=not args.no_bf16_autocast)

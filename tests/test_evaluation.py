@@ -58,8 +58,13 @@ def test_loaders_read_the_official_files(shared):
     assert mmlu[0].context.endswith("\nAnswer:")
     assert len(benchmarks.load_mmlu(data)) == 14042
     easy, challenge = benchmarks.LOADERS["arc_easy"](data), benchmarks.LOADERS["arc_challenge"](data)
-    assert (len(easy), len(challenge)) == (570, 299)  # the Dev splits; ../shared has no Test files
-    assert all(sum(q.labels) == 1 and len(q.choices) == len(q.labels) for q in easy + challenge)
+    assert (len(easy), len(challenge)) == (2376, 1172)  # the official Test splits, as the papers and lm-eval score
+    assert easy[0].id == json.loads((data / "arc" / "ARC-Easy" / "ARC-Easy-Test.jsonl").open().readline())["id"]
+    easy_dev, challenge_dev = benchmarks.LOADERS["arc_easy_dev"](data), benchmarks.LOADERS["arc_challenge_dev"](data)
+    assert (len(easy_dev), len(challenge_dev)) == (570, 299)  # Dev, only when asked for by name
+    assert all(sum(q.labels) == 1 and len(q.choices) == len(q.labels) for q in easy + challenge + easy_dev)
+    hellaswag = benchmarks.LOADERS["hellaswag"](data)
+    assert len(hellaswag) == 10042 and all(len(q.choices) == 4 and sum(q.labels) == 1 for q in hellaswag)
     mc1, mc2 = benchmarks.LOADERS["truthfulqa_mc1"](data), benchmarks.LOADERS["truthfulqa_mc2"](data)
     assert len(mc1) == len(mc2) == 817
     assert all(q.labels[0] == 1 and sum(q.labels) == 1 for q in mc1)
@@ -80,3 +85,12 @@ def test_hellaswag_format(tmp_path):
 def test_missing_benchmark_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="mmlu"):
         benchmarks.load_mmlu(tmp_path)
+
+
+def test_arc_without_its_test_file_is_an_error_not_a_dev_score(shared, tmp_path):
+    (tmp_path / "arc" / "ARC-Easy").mkdir(parents=True)
+    dev = shared / "data" / "arc" / "ARC-Easy" / "ARC-Easy-Dev.jsonl"
+    (tmp_path / "arc" / "ARC-Easy" / dev.name).write_bytes(dev.read_bytes())
+    with pytest.raises(FileNotFoundError, match="no ARC-Easy-Test.jsonl"):
+        benchmarks.LOADERS["arc_easy"](tmp_path)
+    assert len(benchmarks.LOADERS["arc_easy_dev"](tmp_path)) == 570

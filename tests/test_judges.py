@@ -165,6 +165,17 @@ VERDICTS = [
     ("Step 1: 16 - 3 - 4 = 9\nStep 2: 9 * 2 = 18", "18", False, "no answer"),
     ("18", "18", True, "match"),
     ("I don't know.", "18", False, "no answer"),
+    # a correction to the final number without an answer marker: the corrected number, right and wrong
+    ("I first thought 27, but it is 72.", "72", True, "match"),
+    ("I first thought 27, but it is 72.", "27", False, "mismatch"),
+    ("27? No wait, 72.", "72", True, "match"),
+    ("27? No wait, 72.", "27", False, "mismatch"),
+    ("It was 27 eggs. Oops, I mean 72 eggs!", "72", True, "match"),
+    ("It was 27 eggs. Oops, I mean 72 eggs!", "27", False, "mismatch"),
+    ("She has 5 apples but gives 2 away.", "2", False, "no answer"),  # a verb between: no correction
+    ("I got 27 but maybe 72.", "72", False, "no answer"),  # a hedge, not a correction
+    ("27, no wait, 72 or 73.", "72", False, "no answer"),
+    ("27 but 72 - 3", "72", False, "no answer"),  # an expression without a result
 ]
 
 

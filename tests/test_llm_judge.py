@@ -346,6 +346,30 @@ def test_both_must_accept(tmp_path):
 def test_self_judge_needs_the_trained_model_and_a_url_needs_a_model_name():
     with pytest.raises(ValueError, match="model being trained"):
         llm_judge.make_judge("llm", "self")
+    # no judge named is an error naming what to give, never the trained model by default
+    for kind in ("llm", "both"):
+        with pytest.raises(ValueError, match=rf"--judge {kind} needs --judge-model: .*--judge-model self"):
+            llm_judge.make_judge(kind, None, own=("model", "tok", "name"))
     with pytest.raises(ValueError, match="--judge-url needs --judge-model"):
         llm_judge.make_judge("llm", "self", "http://127.0.0.1:9/v1")
     assert llm_judge.make_judge("rule", "anything") is None
+
+
+def test_no_judge_model_is_an_error_in_every_script_before_a_model_loads(tmp_path, capsys):
+    import evaluate
+    import train
+    task = tmp_path / "t.jsonl"
+    task.write_text(json.dumps({"question": "q", "answer": ["Paris"]}) + "\n")
+    pred = tmp_path / "p.jsonl"
+    pred.write_text(json.dumps({"id": "0", "mode": "predict", "output": "Paris"}) + "\n")
+    missing = str(tmp_path / "no-such-model")  # loading it would fail with another error: the check comes first
+    runs = [train.main(["--method", "ssr", "--data", str(task), "--model", missing, "--out", str(tmp_path / "run"),
+                        "--judge", "llm"]),
+            evaluate.main(["--model", missing, "--tasks", f"t={task}", "--out", str(tmp_path / "r.json"),
+                           "--judge", "both"]),
+            judge_cli.main(["--task-file", str(task), "--predictions", str(pred), "--out", str(tmp_path / "v.jsonl"),
+                            "--judge", "llm"])]
+    assert runs == [1, 1, 1]
+    err = capsys.readouterr().err
+    assert err.count("needs --judge-model") == 3 and "--judge-model self" in err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "r.json").exists()

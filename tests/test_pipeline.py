@@ -71,3 +71,32 @@ def test_judge_free_data_is_refused_for_self_generating_methods(qwen_dir, tmp_pa
     assert train.main(argv("ssr", qwen_dir, data, tmp_path / "run")[:2] + ["--data", str(data), "--model", str(qwen_dir),
                                                                         "--out", str(tmp_path / "run")]) == 1
     assert "needs a judge" in capsys.readouterr().err
+
+
+def test_s3ft_trains_on_its_own_training_prompt_and_keeps_generated_ids(qwen_dir, gsm8k_file, tmp_path, monkeypatch):
+    import ssr
+    from ssr.harness.tasks import build_prompt, load_task
+    from ssr.methods import Target, training_samples
+    out, seen = tmp_path / "s3ft", {}
+    monkeypatch.setattr(ssr.harness.pipeline, "train", lambda model, samples, *a, **k: seen.update(samples=samples))
+    assert train.main(argv("s3ft", qwen_dir, gsm8k_file, out)) == 0
+    assert json.loads((out / "run.json").read_text())["recipe"] == "s3ft"  # the default of --method s3ft
+    examples = load_task(gsm8k_file)
+    predicted = sorted((json.loads(line) for line in (out / "predict.jsonl").read_text().splitlines()),
+                       key=lambda r: int(r["id"]))
+    targets = [json.loads(line) for line in (out / "targets.jsonl").read_text().splitlines()]
+    # the base model answered the predict prompt; the targets are trained as the response to the training prompt
+    assert predicted[0]["messages"] == build_prompt(examples[0], "predict").messages
+    assert "The answer is N." in predicted[0]["messages"][-1]["content"]
+    assert targets[0]["messages"] == [{"role": "user", "content": examples[0].question.strip()}]
+    tok = ssr.load_tokenizer(qwen_dir)
+    for sample, target in zip(seen["samples"], targets):
+        prompt = tok.apply_chat_template(target["messages"], add_generation_prompt=True)
+        assert sample.ids[:len(prompt)] == prompt and not any(sample.mask[:len(prompt)])
+    # a self-generated target keeps the very ids generated after the predict prompt, after the training prompt's
+    ids = predicted[0]["output_ids"] + [tok.stop_ids[0]]
+    (sample,), _ = training_samples(tok, [targets[0]["messages"]], [Target("0", "x", "self", ids)], max_len=2048)
+    prompt = tok.apply_chat_template(targets[0]["messages"], add_generation_prompt=True)
+    assert sample.ids == prompt + ids and sample.mask == [0] * len(prompt) + [1] * len(ids)
+    # the project recipe trains on the predict prompt itself, as before
+    assert build_prompt(examples[0], "train").messages == build_prompt(examples[0], "predict").messages

@@ -155,20 +155,35 @@ def test_rule_judge_and_decline_rate_on_canned_outputs(tmp_path):
                "the passages do not answer the question",  # declines an answerable question
                "The passages do not answer the question.",
                "THE PASSAGES DO NOT ANSWER THE QUESTION",  # case and punctuation aside, it is the sentence
-               "I'm sorry, I cannot answer this.",  # not the sentence the prompt asked for
+               "I'm sorry, I cannot answer this.",  # a decline in the model's own words (ssr/harness/declines.py)
                "It was Rollo."]
     verdicts = [judges.squad2(o, e.answers) for o, e in zip(outputs, examples)]
     assert [(v.correct, v.kind) for v in verdicts] == [
-        (True, "match"), (False, "declined"), (True, "declined"), (True, "declined"), (False, "answered"),
+        (True, "match"), (False, "declined"), (True, "declined"), (True, "declined"), (True, "declined"),
         (False, "answered")]
+    assert verdicts[4].reason == "declined (I cannot answer)"
     scores = grounded_qa_scores(examples, outputs, [v.correct for v in verdicts])
     assert scores == {"answerable_recall": 0.5, "answerable_acc": 0.5, "answerable_decline_rate": 0.5,
-                      "unanswerable_rate": 0.5, "unanswerable_acc": 0.5,
-                      "recall_or_declined": pytest.approx((1 + 0 + 1 + 1 + 0 + 0) / 6),
+                      "answerable_decline_rate_exact": 0.5, "unanswerable_rate": 0.75,
+                      "unanswerable_rate_exact": 0.5, "unanswerable_acc": 0.75,
+                      "recall_or_declined": pytest.approx((1 + 0 + 1 + 1 + 1 + 0) / 6),
                       "n_answerable": 2, "n_unanswerable": 4}
     # the LLM judge's verdicts are what the accuracies count; recall and decline rate do not depend on them
     assert grounded_qa_scores(examples, outputs, [True] * 6)["answerable_acc"] == 1.0
-    assert grounded_qa_scores(examples, outputs, [True] * 6)["unanswerable_rate"] == 0.5
+    assert grounded_qa_scores(examples, outputs, [True] * 6)["unanswerable_rate"] == 0.75
+
+
+@pytest.mark.parametrize("output,answers,correct", [
+    ("The passage does not contain the answer to the question.", [], True),  # the model's own words
+    ("The passage does not contain the answer to the question.", ["France"], False),
+    ("The answer is 1974. The passages do not answer the question.", [], False),  # an answer, then the sentence
+    ("It is France. The passages do not answer the question.", ["France"], False),  # both answers and declines
+    ("The passage doesn't say exactly, but it was around 1850.", [], False),  # a hedge that answers
+    ("The passage doesn't say exactly, but it was around 1850.", ["1850"], True),  # not a decline: the answer
+    ("France, not Italy.", ["France"], True),
+])
+def test_the_judge_reads_declines_by_meaning(output, answers, correct):
+    assert judges.squad2(output, answers).correct is correct
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -188,7 +203,7 @@ def tiny_qwen(shared, tmp_path_factory):
 
 def fast(model, data, out, *extra):
     return ["--method", "ssr", "--data", str(data), "--model", str(model), "--out", str(out), "--max-new-tokens", "6",
-            "--judge", "llm", "--judge-max-new-tokens", "6", "--epochs", "1", "--micro-batch", "2", "--grad-accum",
+            "--judge", "llm", "--judge-model", "self", "--judge-max-new-tokens", "6", "--epochs", "1", "--micro-batch", "2", "--grad-accum",
             "1", "--lora-r", "4", *extra]
 
 
@@ -239,7 +254,8 @@ def test_acceptance_ssr_squad2_default_model_as_its_own_judge(shared, tmp_path, 
     """The issue's command: SmolLM2-135M-Instruct answers 16 SQuAD 2.0 questions and judges its own answers."""
     out = tmp_path / "run"
     assert train.main(["--method", "ssr", "--task", "squad2", "--data",
-                       str(shared / "data" / "squad2" / "dev-v2.0.subset.json"), "--judge", "llm", "--limit", "16",
+                       str(shared / "data" / "squad2" / "dev-v2.0.subset.json"), "--judge", "llm", "--judge-model", "self",
+                       "--limit", "16",
                        "--out", str(out), "--max-new-tokens", "128", "--epochs", "1"]) == 0
     verdicts, targets = read(out / "predict.verdicts.jsonl"), read(out / "targets.jsonl")
     assert len(verdicts) == len(targets) == 16

@@ -74,3 +74,18 @@ def test_evaluate_scores_winogrande_and_paper_sets_use_the_papers_metrics(shared
             if line.startswith("| ")}
     assert rows["hellaswag"] == ["acc", "40.0", "8", "not available here"]
     assert rows["gsm8k"][-1] == "SDFT 34.4, SFT 31.9 (Llama-2-7b-chat, LoRA)"
+
+
+def test_the_ssr_and_s3ft_paper_sets_read_passages_and_quote_the_papers(shared):
+    s3ft, ssr_set = evaluation.PAPERS["s3ft-paper"], evaluation.PAPERS["ssr-paper"]
+    assert "hellaswag" in s3ft.tasks and "nq_rc" in s3ft.targets and "nq" not in s3ft.tasks  # NQ with passages
+    assert ssr_set.targets == ["nq_rc_unanswerable"] and "hellaswag" in ssr_set.tasks
+    tasks = evaluate.parse_tasks("s3ft-paper,ssr-paper", shared / "data")
+    assert tasks["nq_rc"] == ("target", shared / "data" / "nq_rc" / "nq-open-oracle.jsonl.gz")
+    # the papers' own words, with where they are
+    assert "up to 4.4" in s3ft.reported["average drop"] and s3ft.reported["average drop"].endswith("(abstract)")
+    assert "up to 16.7%" in ssr_set.reported["average drop"] and "close to 2% drop" in ssr_set.reported["average drop"]
+    # evaluation scores nq_rc's test questions only, with their unanswerable pairs for SSR's set
+    examples = evaluation.target_examples("nq_rc_unanswerable", tasks["nq_rc_unanswerable"][1])
+    assert len(examples) == 1068 and sum(not e.answers for e in examples) == 534
+    assert len(evaluation.target_examples("nq_rc", tasks["nq_rc"][1])) == 534

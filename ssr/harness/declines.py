@@ -1,9 +1,9 @@
 """The decline judge: does an answer to a grounded question decline, in the model's own words, to answer it
 (say that the passages do not contain the answer)?
 
-The squad2 prompt gives an exact sentence to decline with (`tasks.UNANSWERABLE`), but a small model says it its
-own way: "The passage does not contain the answer to the question.", "The passage doesn't provide enough
-information to answer the question.". Counting only the exact sentence gives such a model no credit for
+The grounded prompts (squad2, nq_rc) give an exact sentence to decline with (`UNANSWERABLE`, defined here), but a
+small model says it its own way: "The passage does not contain the answer to the question.", "The passage doesn't
+provide enough information to answer the question.". Counting only the exact sentence gives such a model no credit for
 declining, which biases the unanswerable rate against a method that keeps the model's own wording (SSR).
 
 The rules, over the output's sentences (lower case, curly quotes straightened):
@@ -26,7 +26,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ssr.harness.tasks.squad2 import UNANSWERABLE
+# What the grounded prompts (tasks/squad2.py, tasks/nq_rc.py) tell the model to say when the passages do not answer
+# the question; the gold answer of an unanswerable question. SSR's paper does not publish its wording: this one is
+# ours. It lives here, not in a task file, so that the task files can import the judge without a cycle.
+UNANSWERABLE = "The passages do not answer the question."
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 `judge_records` judges generation records into a resumable verdict file (the LLM judge is
 ssr/harness/llm_judge.py). The judges themselves live with their tasks: ssr/harness/tasks/gsm8k.py (final-answer
 match), mbpp.py (execution of the program against its asserts, in ssr/harness/sandbox.py), nq.py (alias match)
-and squad2.py (answer-or-decline); this file names them too. The judge decides which of the model's own answers
+squad2.py (answer-or-decline, a decline read by meaning in ssr/harness/declines.py) and nq_rc.py (squad2's
+judge over NQ questions with passages); this file names them too. The judge decides which of the model's own answers
 become training targets, so each verdict carries a short reason ("extracted 72 = 72", "hedged: '18 or 19'",
 "AssertionError in test 2").
 
@@ -23,7 +24,7 @@ from ssr.harness.tasks import TASK_FILES, Example, Verdict
 from ssr.harness.tasks.gsm8k import extract_number, gsm8k  # noqa: F401
 from ssr.harness.tasks.mbpp import DEFAULT_TIMEOUT, extract_code, mbpp, mbpp_batch  # noqa: F401
 from ssr.harness.tasks.nq import NQ_MODES, normalize_answer, nq  # noqa: F401
-from ssr.harness.tasks.squad2 import declines, squad2  # noqa: F401
+from ssr.harness.tasks.squad2 import declines, says_sentence, squad2  # noqa: F401
 
 
 def judge(example: Example, output: str, *, nq_mode: str = "contains",

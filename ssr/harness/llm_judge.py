@@ -334,16 +334,27 @@ def flag_settings(args) -> dict | None:
             "max_new_tokens": args.judge_max_new_tokens}  # not --judge-timeout: it changes no verdict
 
 
+def require_named(kind: str, judge_model: str | None) -> None:
+    """An LLM judge must be named (the scripts call this before loading any model): with no --judge-model the
+    model being trained would judge itself, which the papers never do (they judge with Mixtral-8x7B or GPT-4)."""
+    if kind != "rule" and not judge_model:
+        raise ValueError(f"--judge {kind} needs --judge-model: a judge stronger than the model judged (an HF folder, "
+                         "or with --judge-url the served model's name; SSR's paper used Mixtral-8x7B and GPT-4), "
+                         "or --judge-model self to judge with the model being trained, adapters off")
+
+
 def make_judge(kind: str, judge_model: str | None = None, judge_url: str | None = None, *, own=None,
                max_new_tokens: int = 256, batch_size: int = 8, device="cpu", dtype=None,
                timeout: float = DEFAULT_TIMEOUT):
     """The judge the scripts' flags ask for, or None for the rule judge. judge_model: an HF folder or the default
     model's name, or "self" (with `own` = (model, tok, its name): the model being trained, adapters off); with
-    judge_url, the served model's name."""
+    judge_url, the served model's name. It must be named: an LLM judge with no model named is an error, never
+    the model being trained by default (the papers judge with a much stronger model: Mixtral-8x7B, GPT-4)."""
     if kind not in KINDS:
         raise ValueError(f"--judge {kind!r}: choose one of {', '.join(KINDS)}")
     if kind == "rule":
         return None
+    require_named(kind, judge_model)
     if judge_url:
         if not judge_model or judge_model == "self":
             raise ValueError("--judge-url needs --judge-model: the name the endpoint serves its model under")

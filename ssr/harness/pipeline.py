@@ -25,7 +25,7 @@ from ssr.harness import distributed, judges, llm_judge
 from ssr.harness.recipes import LoraSettings, encode_text_template, sdft_rewrite
 from ssr.harness.records import generate_records
 from ssr.harness.runfiles import read_records, write_records
-from ssr.harness.tasks import TASKS, Example, build_prompt, gold_response, predict_messages
+from ssr.harness.tasks import TASKS, Example, build_prompt, gold_response
 from ssr.harness.training import train
 from ssr.methods import CHOOSE, METHODS, SOURCES, Generation, Generations, Target, training_samples
 from ssr.trainer import TrainConfig
@@ -155,8 +155,9 @@ def run_method(method: str, model, tok, examples: list[Example], run_dir, *, lor
         return adapter
     if recipe == "sdft":
         samples, cut = encode_text_template(tok, [build_prompt(e, "train", "sdft") for e in examples], targets, max_len)
-    else:
-        samples, cut = training_samples(tok, [predict_messages(e) for e in examples], targets, max_len)
+    else:  # the project recipe trains on the predict prompt; s3ft on its own training prompt (tasks.train_messages)
+        samples, cut = training_samples(tok, [build_prompt(e, "train", recipe).messages for e in examples], targets,
+                                        max_len)
     if cut["truncated"] or cut["dropped"]:
         print(f"{cut['truncated']} conversation(s) longer than {max_len} tokens were truncated; "
               f"{cut['dropped']} left without any target token were dropped")

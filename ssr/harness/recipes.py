@@ -2,7 +2,9 @@
 runs it (sail-sg/sdft, branch `reproduce`; sources setting by setting in docs/recipes.md).
 
 "project" is this project's choices (the task prompts in the model's chat template, greedy targets, the
-judges); "sdft" is SDFT's GSM8K recipe: LLaMA-Factory's text templates (trained as text, each piece encoded on
+judges); "s3ft" is the project's settings with S3FT's two prompts: the model's answers are generated with the
+predict prompt and trained, like gold, as the response to a separate training prompt (`tasks.train_messages`);
+"sdft" is SDFT's GSM8K recipe: LLaMA-Factory's text templates (trained as text, each piece encoded on
 its own, as its code does), sampled rewrites, its `verify()` + last-integer filter instead of a judge, and its
 training settings. Flags given explicitly win over a recipe. `ssr.harness.tasks.build_prompt` hands
 over to `sdft_prompt` here for `recipe="sdft"`.
@@ -30,6 +32,11 @@ RECIPES = {
                     micro_batch=2, grad_accum=4, seed=0, lora_r=8, lora_alpha=16.0, lora_dropout=0.05,
                     lora_modules="q_proj,v_proj", max_len=2048, max_new_tokens=512,
                     temperature=0.0, top_k=0, top_p=1.0, sample_seed=None),
+    # the project's settings (S3FT publishes none it could be checked against); only the training prompt differs
+    "s3ft": dict(epochs=3, lr=1e-4, warmup=0.03, min_lr_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0,
+                 micro_batch=2, grad_accum=4, seed=0, lora_r=8, lora_alpha=16.0, lora_dropout=0.05,
+                 lora_modules="q_proj,v_proj", max_len=2048, max_new_tokens=512,
+                 temperature=0.0, top_k=0, top_p=1.0, sample_seed=None),
     # sail-sg/sdft@reproduce: scripts/gsm8k/sdft.sh (epochs, lr, batch 2 x 4, cosine, q_proj,v_proj),
     # hparams/finetuning_args.py (lora_rank 8, alpha = 2 * rank, dropout 0.1), data_args.py (cutoff_len 1024),
     # generating_args.py (do_sample, temperature 0.95, top_p 0.7, top_k 50, max_new_tokens 512); warmup,
@@ -42,8 +49,11 @@ RECIPES = {
 
 
 def default_recipe(method: str, task: str) -> str:
-    """SDFT's published recipe exists for GSM8K: --method sdft on GSM8K runs it unless told otherwise."""
-    return "sdft" if method == "sdft" and task == "gsm8k" else "project"
+    """SDFT's published recipe exists for GSM8K: --method sdft on GSM8K runs it unless told otherwise; --method
+    s3ft trains on S3FT's separate training prompt ("s3ft"; its SFT baseline is --method sft --recipe s3ft)."""
+    if method == "sdft" and task == "gsm8k":
+        return "sdft"
+    return "s3ft" if method == "s3ft" else "project"
 
 
 # SDFT's prompts, as its official code writes them

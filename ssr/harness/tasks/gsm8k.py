@@ -29,6 +29,7 @@ def from_record(row: dict, index: int, where: str) -> Example:
 
 PREDICT = ("{question}\n\nSolve the problem step by step. End with a final line of the form "
            "\"The answer is N.\", where N is the final number.")
+TRAIN = "{question}"  # the s3ft recipe's training prompt (tasks/__init__.py): the problem as GSM8K states it
 PARAPHRASE = ("Here is a math problem and a correct solution to it.\n\nProblem:\n{question}\n\nSolution:\n{gold}\n\n"
               "Rewrite the solution in your own words, explaining each step, with the same final answer. "
               "End with a final line of the form \"The answer is N.\"")
@@ -138,6 +139,16 @@ _ADMITS = re.compile(r"\b(?:oops|sorry|correction|mistakes?|errors?|miscalculat\
 _DOUBTS = re.compile(r"\b(?:wait|actually|hmm|hold on)\b|(?:^|[.!?,]\s*)no\b", re.IGNORECASE | re.MULTILINE)
 _RESTATE = re.compile(r"\b(?:it'?s|it\s+is|that'?s|that\s+is|should\s+be|would\s+be|is\s+actually|becomes|instead|"
                       r"rather|but)\b[\s:]*(?=-?\$?\s?\d|\.\d)|=\s*", re.IGNORECASE)
+# Without a marker, a correction to the final number: a doubt, an admission or "but / instead / rather", then the
+# number itself, only "it is", "that's", "the answer is", "I get" and the like between them ("27? No wait, 72.",
+# "I first thought 27, but it is 72."); "She has 5 apples but gives 2 away" is no correction (a verb stands between).
+_CORRECTS = re.compile(_ADMITS.pattern + "|" + _DOUBTS.pattern + r"|\b(?:but|instead|rather)\b",
+                       re.IGNORECASE | re.MULTILINE)
+_TO_NUMBER = re.compile(r"(?:[\s,:;.!?-]|\b(?:no|wait|actually|sorry|oops|hmm|so|then|now|it'?s|it\s+is|that'?s|"
+                        r"that\s+is|it\s+(?:should|would|must)\s+be|(?:the\s+)?(?:correct\s+|right\s+|real\s+)?"
+                        r"(?:answer|result|total)\s+(?:is|was)|i\s+(?:get|got|mean|meant))\b)*",
+                        re.IGNORECASE)
+_NUMBER_ENDS = re.compile(r"(?:\s+[A-Za-z]+){0,3}\s*(?:[.!]|$)")
 _RESULT_CUE = re.compile(r"\b(?:so|therefore|thus|hence|in\s+total|total|altogether|in\s+all|overall|finally)\b",
                          re.IGNORECASE)
 
@@ -303,12 +314,32 @@ def _concluding_sentence(text: str) -> _Answer:
     sentence = _clause(text, start)
     cues = list(_RESULT_CUE.finditer(sentence))
     if not cues:
+        corrected = _correction(text)
+        if corrected is not None:
+            return corrected
         return _Answer(None, "no answer", "no committed answer: no answer marker and no concluding sentence")
     value, kind, why = _clause_value(sentence[cues[-1].end():], direct=False)
     if value is None and kind == "unclear":
         value, kind, why = _clause_value(sentence[cues[-1].end():], direct=True)
     return _Answer(value, kind if value is None else "answer",
                    why or "no committed answer: no answer marker and no concluding sentence", start)
+
+
+def _correction(text: str) -> _Answer | None:
+    """A correction to the final number with no answer marker: the output's last correction signal (`_CORRECTS`)
+    with a number before it, followed by the output's last number and nothing else but a few words of unit before
+    the sentence ends; every number after the signal is that one. None when the output has no such correction."""
+    signals = list(_CORRECTS.finditer(text))
+    if not signals or not _numbers(text[:signals[-1].start()]):
+        return None
+    signal = signals[-1]
+    number = _NUMBER.match(text, _TO_NUMBER.match(text, signal.end()).end())
+    if number is None or _value(number) is None or not _NUMBER_ENDS.match(text, number.end()):
+        return None
+    value = _value(number)
+    if any(v != value for _, v in _numbers(text[signal.end():])):
+        return None
+    return _Answer(value, "answer", "", _sentence_start(text, signal.start()))
 
 
 def _braced(text: str, start: int) -> str:

@@ -62,6 +62,9 @@ def refuse_test_split(examples: list[Example], where: str) -> None:
 
 PREDICT = ("You are an expert Python programmer, and here is your task: {question} "
            "Your code should pass these tests:\n\n{tests}\n\nWrite the function in a ```python code block.")
+# the s3ft recipe's training prompt (tasks/__init__.py): the task and its tests, which name the function
+TRAIN = ("You are an expert Python programmer, and here is your task: {question} "
+         "Your code should pass these tests:\n\n{tests}")
 PARAPHRASE = ("Here is a programming task and a correct solution to it.\n\nTask:\n{question}\n\n"
               "Solution:\n```python\n{gold}\n```\n\nRewrite the solution in your own words and style, in a "
               "```python code block. Keep the function's name and arguments, so that it still passes these "

@@ -32,6 +32,7 @@ def from_record(row: dict, index: int, where: str) -> Example:
 # prompts (what each mode is for: ssr/harness/tasks/__init__.py)
 
 PREDICT = "Answer the question with a short answer (a few words), without explanation.\n\nQuestion: {question}"
+TRAIN = "{question}"  # the s3ft recipe's training prompt (tasks/__init__.py): the question as NQ states it
 PARAPHRASE = ("Here is a question and its correct answer.\n\nQuestion: {question}\nCorrect answer: {gold}\n\n"
               "Answer the question in your own words, with a short answer that keeps this answer.")
 REWRITE, REWRITE_PREFIX = REWRITE_OTHER, ""

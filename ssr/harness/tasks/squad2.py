@@ -7,7 +7,9 @@ reply with when the passages do not answer, `UNANSWERABLE`), the gold form and t
 
 The trap its judge avoids: an unanswerable question's `plausible_answers` are distractors, never gold, and an
 output that declines must not pass on an answerable question because some alias happens to occur in it; an
-answer is matched like NQ's "contains" only when the output does not decline.
+answer is matched like NQ's "contains" only when the output does not decline. A decline is read by meaning
+(ssr/harness/declines.py), not only as the prompt's exact sentence: a model that declines in its own words
+("The passage does not contain the answer.") is right on an unanswerable question and wrong on an answerable one.
 """
 from __future__ import annotations
 
@@ -15,14 +17,12 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from ssr.harness import declines as decline_judge
+from ssr.harness.declines import UNANSWERABLE  # noqa: F401 (the decline sentence; tasks.UNANSWERABLE names it too)
 from ssr.harness.tasks import JUDGE_VERDICT, REWRITE_OTHER, STR, STRS, Example, Verdict, plain_gold
 from ssr.harness.tasks.nq import normalize_answer, nq
 
 FIELDS = {"question": STR, "answers": STRS}  # answers [] for an unanswerable question
-
-# What the squad2 prompt tells the model to say when the passages do not answer the question; the gold answer
-# of an unanswerable question. SSR's paper does not publish its wording: this one is ours.
-UNANSWERABLE = "The passages do not answer the question."
 
 
 def from_record(row: dict, index: int, where: str) -> Example:
@@ -69,6 +69,7 @@ def passages(example: Example) -> str:
 # the passages before the question, and the exact sentence to give when they do not answer it
 PREDICT = ("Answer the question using only the passages below. If the passages do not contain the answer, "
            "reply with exactly this sentence: \"{decline}\"\n\n{passages}\n\nQuestion: {question}")
+TRAIN = "{passages}\n\nQuestion: {question}"  # the s3ft recipe's training prompt (tasks/__init__.py)
 PARAPHRASE = ("Here are passages, a question about them and its correct answer.\n\n{passages}\n\n"
               "Question: {question}\nCorrect answer: {gold}\n\nAnswer the question in your own words, in a "
               "sentence, keeping this answer. If the correct answer is \"{decline}\", reply with exactly that "
@@ -95,23 +96,33 @@ clean_gold = gold_response = plain_gold  # the first answer, or UNANSWERABLE
 
 
 # --------------------------------------------------------------------------------------------------------
-# the judge: the prompt gives the exact sentence for an unanswerable question
+# the judge: a decline by meaning answers an unanswerable question
 
-def declines(output: str) -> bool:
-    """The output says the passages do not answer: it contains the prompt's sentence, normalised like an answer."""
+def says_sentence(output: str) -> bool:
+    """The output contains the prompt's exact decline sentence, normalised like an answer (the strict count,
+    evaluation's `unanswerable_rate_exact`)."""
     return f" {normalize_answer(UNANSWERABLE)} " in f" {normalize_answer(output)} "
 
 
-def squad2(output: str, answers: Sequence[str]) -> Verdict:
-    """An unanswerable question (no answers): correct when the output declines. An answerable one: correct when
-    it does not decline and contains some gold answer (NQ's "contains" match); SSR's own judge is an LLM."""
-    if not answers:
-        return Verdict(True, "declined", "declined") if declines(output) else \
-            Verdict(False, "answered an unanswerable question", "answered")
-    if declines(output):
-        return Verdict(False, "declined an answerable question", "declined")
-    return nq(output, answers, "contains")
+def declines(output: str) -> bool:
+    """The output declines to answer, in any wording the decline judge reads (ssr/harness/declines.py)."""
+    return bool(decline_judge.declines(output))
 
+
+def squad2(output: str, answers: Sequence[str]) -> Verdict:
+    """An unanswerable question (no answers): correct when the output declines by meaning (an answer before or
+    beside the decline makes it no decline). An answerable one: correct when it contains some gold answer (NQ's
+    "contains" match) and neither declines nor holds the exact decline sentence anywhere: an output that both
+    answers and declines is wrong either way. SSR's own judge is an LLM."""
+    verdict = decline_judge.declines(output)
+    if not answers:
+        if verdict:
+            return Verdict(True, f"declined ({verdict.rule})", "declined")
+        return Verdict(False, f"answered an unanswerable question ({verdict.rule})", "answered")
+    if verdict or says_sentence(output):
+        why = verdict.rule if verdict else "the exact sentence, beside other text"
+        return Verdict(False, f"declined an answerable question ({why})", "declined")
+    return nq(output, answers, "contains")
 
 
 def judge_example(example: Example, output: str, **options) -> Verdict:
