@@ -514,5 +514,5 @@ def test_judge_cli_refuses_chat_records(tmp_path, capsys):
     predictions.write_text(json.dumps({"id": "0", "output": "hello"}) + "\n")
     assert judge_cli.main(["--task-file", str(tasks), "--predictions", str(predictions),
                            "--out", str(tmp_path / "v")]) == 1
-    assert "holds 'chat' records; rule-based judges exist for gsm8k" in capsys.readouterr().err
+    assert "needs a judge: a rule judge exists for tasks gsm8k" in (err := capsys.readouterr().err) and "holds 'chat' records" in err
     assert not (tmp_path / "v").exists()
