@@ -9,7 +9,7 @@ from hf_oracle import make_checkpoint
 from ssr import lora, sampling
 from ssr.model import KVCache
 from ssr.sampling import complete, generate
-from test_sampling import LENGTHS, hf_greedy, random_prompts
+from test_sampling import hf_greedy, random_prompts
 
 N = 24
 
