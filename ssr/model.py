@@ -90,7 +90,13 @@ class KVCache:
     """Keys and values of every layer in one preallocated buffer. Rows are aligned by slot (slot j of every row
     was written by the same forward), so left padding lives in the cache as invalid slots, and `next_pos` keeps
     each row's own RoPE position. Only these methods change it: the model calls `begin`, `write` and `advance`
-    once per forward, the sampler `rows`, `filled` and `keep`."""
+    once per forward, the sampler `rows`, `filled` and `keep`.
+
+    Fixed-shape decoding (the sampler's `static` path) sets `slot`, a (1,) tensor: each forward then writes its one
+    token per row at that slot and returns the whole buffer, which the mask limits to the written slots, so every
+    step has the same shapes and ops, and needs no host value: a CUDA graph replays it, advancing `slot` itself."""
+
+    slot: torch.Tensor | None = None  # None: ordinary decoding at `length`, appended slices
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int, dtype=torch.float32, device="cpu"):
         shape = (cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, max_len, cfg.head_dim)
@@ -107,6 +113,9 @@ class KVCache:
         """Claim the next T slots for tokens marked by new_valid (B, T); returns the valid keys (B, S) and the
         new tokens' positions (B, T). `masked`: the caller passed an attention mask, so padding may appear."""
         T, max_len = new_valid.shape[1], self.k.shape[3]
+        if self.slot is not None:  # T is 1; the sampler sized the buffer, so that slot < max_len
+            self.valid.index_copy_(1, self.slot, new_valid)
+            return self.valid, self.next_pos[:, None] + new_valid.long().cumsum(1) - 1
         if self.length + T > max_len:
             raise ValueError(f"KV cache overflow: {self.length} + {T} tokens > max_len {max_len}")
         self.valid[:, self.length:self.length + T] = new_valid
@@ -117,6 +126,10 @@ class KVCache:
 
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store one layer's new keys and values (B, Hkv, T, D); returns all of that layer's so far (B, Hkv, S, D)."""
+        if self.slot is not None:
+            self.k[layer].index_copy_(2, self.slot, k)
+            self.v[layer].index_copy_(2, self.slot, v)
+            return self.k[layer], self.v[layer]
         end = self.length + k.shape[2]
         self.k[layer, :, :, self.length:end] = k
         self.v[layer, :, :, self.length:end] = v
@@ -124,8 +137,10 @@ class KVCache:
 
     def advance(self, new_valid: torch.Tensor) -> None:
         """The forward that began with `begin(new_valid)` has written every layer."""
-        self.length += new_valid.shape[1]
+        self.length += new_valid.shape[1]  # a host count, not replayed by a CUDA graph: the tensor `slot` is
         self.next_pos += new_valid.sum(1)
+        if self.slot is not None:
+            self.slot += 1
 
     def rows(self, a: int, b: int, length: int) -> KVCache:
         """A view of rows a:b (the same buffers) whose next write lands at slot `length`: the sampler prefills
@@ -233,14 +248,14 @@ class Transformer(nn.Module):
     def _masks(self, T: int, valid, all_valid: bool, cache: KVCache | None):
         """{window: boolean mask (B, 1, T, S), or None where is_causal is exact}. valid (B, S) marks the key slots
         holding real tokens (all of them, if all_valid); the new queries sit in the last T slots."""
-        S = valid.shape[1]
+        S, static = valid.shape[1], cache is not None and cache.slot is not None  # static: S is the whole buffer
         masks = {}
         for window in set(self.config.layer_windows):
             needs_window = window is not None and window < S
-            if all_valid and not needs_window and (cache is None or cache.length == 0 or T == 1):
+            if all_valid and not needs_window and not static and (cache is None or cache.length == 0 or T == 1):
                 masks[window] = None  # plain causal (or, for one new token, attend to everything)
                 continue
-            q = torch.arange(S - T, S, device=valid.device)[:, None]  # (T, 1) query slots
+            q = cache.slot[:, None] if static else torch.arange(S - T, S, device=valid.device)[:, None]  # (T, 1) slots
             k = torch.arange(S, device=valid.device)[None, :]  # (1, S) key slots
             allowed = k <= q
             if needs_window:

@@ -8,6 +8,9 @@ stop id (or stop string) or the budget is spent. The cache is sized so that it c
 The trap avoided: batching must not change greedy output. Each row keeps its own RoPE positions (the
 cache's `next_pos`) and its padding keys are masked, so its ids equal one-prompt-at-a-time decoding;
 right padding, shared positions or unmasked padding all give fluent, slightly different text.
+
+`static=True` decodes with fixed shapes instead (see `_static_decoder`): on a GPU each step is one CUDA graph
+replay rather than hundreds of kernel launches from Python. Same ids, same random draws; eager is the reference.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int =
 def complete(model: Transformer, prompts: list[list[int]], max_new_tokens: int = 64, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, stop_ids=None, seed: int | None = None, *,
              generator: torch.Generator | None = None, batch_size: int | None = None,
-             stop_strings=(), tokenizer=None) -> list[Completion]:
+             stop_strings=(), tokenizer=None, static: bool = False) -> list[Completion]:
     """Generate a continuation of every prompt; returns one Completion per prompt, in order.
 
     temperature 0 is greedy (argmax); otherwise sample from softmax(logits / temperature), keeping
@@ -45,6 +48,7 @@ def complete(model: Transformer, prompts: list[list[int]], max_new_tokens: int =
     batch_size splits a long prompt list into batches of similar lengths (longest first).
     stop_strings (with tokenizer) also stop a row once its decoded text contains one of them; the
     token that completes the string is kept, so the text may run past it (ssr/harness/records.py cuts it).
+    static: decode with fixed shapes, as a replayed CUDA graph on GPUs (see `_static_decoder`); the same ids.
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (a BOS token will do)")
@@ -65,7 +69,8 @@ def complete(model: Transformer, prompts: list[list[int]], max_new_tokens: int =
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             out.update(zip(rows, _complete_batch(model, [prompts[i] for i in rows], max_new_tokens, temperature,
-                                                 top_k, top_p, stop_ids, generator, stop_strings, tokenizer)))
+                                                 top_k, top_p, stop_ids, generator, stop_strings, tokenizer,
+                                                 static)))
     finally:
         model.train(was_training)
     return [out[i] for i in range(len(prompts))]
@@ -103,14 +108,19 @@ def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[torch.Tensor, t
 
 @torch.inference_mode()
 def _complete_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, stop_ids, generator,
-                    stop_strings, tokenizer) -> list[Completion]:
+                    stop_strings, tokenizer, static=False) -> list[Completion]:
     """One batch; prompts sorted longest first."""
     B, device = len(prompts), model.lm_head.weight.device
     if max_new_tokens <= 0:
         return [Completion([], "length") for _ in range(B)]
     # The last sampled token is never fed back, so T + max_new_tokens - 1 slots always suffice.
-    cache = model.new_cache(B, len(prompts[0]) + max_new_tokens - 1)
+    if static:
+        cache, ids, step = _static_decoder(model, B, len(prompts[0]) + max_new_tokens - 1)
+    else:
+        cache = model.new_cache(B, len(prompts[0]) + max_new_tokens - 1)
     logits = _prefill(model, prompts, cache)  # (B, V)
+    if static:
+        cache.slot.fill_(len(prompts[0]))
     stops, stops_set = torch.tensor(stop_ids, dtype=torch.long, device=device), set(stop_ids)
     tokens = torch.zeros(B, max_new_tokens, dtype=torch.long, device=device)  # (B, N); junk after a row's stop
     live = torch.arange(B, device=device)  # (b,) which prompt each cache row belongs to
@@ -136,9 +146,14 @@ def _complete_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, s
                 break
             if 2 * n_done >= len(live):  # drop finished rows: later steps cost only what is still running
                 keep = ~done
-                cache.keep(keep)
+                if not static:  # static keeps every row in the step (fixed shapes) but samples only the live ones
+                    cache.keep(keep)
                 live, done, nxt = live[keep], done[keep], nxt[keep]
-        logits = model(nxt[:, None], cache=cache, last_only=True)[:, -1]  # (b, V)
+        if static:  # finished rows keep decoding junk, never read; sampling the same rows draws the same numbers
+            ids[live, 0] = nxt
+            logits = step()[live]  # (b, V)
+        else:
+            logits = model(nxt[:, None], cache=cache, last_only=True)[:, -1]  # (b, V)
 
     out = []
     for i, row in enumerate(tokens[:, :t + 1].tolist()):
@@ -148,6 +163,42 @@ def _complete_batch(model, prompts, max_new_tokens, temperature, top_k, top_p, s
         else:
             out.append(Completion(row[:end], "stop", None if i in string_end else row[end]))
     return out
+
+
+def _static_decoder(model, B: int, S: int):
+    """(cache, ids, step) for fixed-shape decoding: a cache of B rows and at least S slots with a `slot` tensor
+    (see KVCache), the (B, 1) input ids and step() -> next-token logits (B, V) of every row, finished or not.
+
+    On CUDA the step is captured once per (B, S rounded up to 256) bucket as a CUDA graph and replayed. A graph
+    replays the kernels it recorded on the buffers it recorded, so it keeps its cache, is reset here, and is keyed
+    on every parameter's storage and every module's `disabled` switch (LoRA), so a changed model is recaptured.
+    """
+    device = model.lm_head.weight.device
+    cuda = device.type == "cuda"
+    graphs = model.__dict__.setdefault("_static_decoders", {}) if cuda else {}
+    S = -(-S // 256) * 256 if cuda else S
+    key = (B, S, *(p.data_ptr() for p in model.parameters()), *(getattr(m, "disabled", 0) for m in model.modules()))
+    if key not in graphs:
+        cache, ids = model.new_cache(B, S), torch.zeros(B, 1, dtype=torch.long, device=device)
+        cache.slot = torch.zeros(1, dtype=torch.long, device=device)
+        step = lambda: model(ids, cache=cache, last_only=True)[:, -1]  # noqa: E731
+        if cuda:
+            stream = torch.cuda.Stream(device)  # warm up off the default stream before capture, as CUDA graphs need
+            stream.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(stream):
+                step()
+            torch.cuda.current_stream(device).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = step()
+            step = lambda: graph.replay() or out  # noqa: E731
+        if len(graphs) >= 4:  # each holds a cache: keep the few buckets a sorted run goes through
+            graphs.pop(next(iter(graphs)))
+        graphs[key] = cache, ids, step
+    cache, ids, step = graphs[key]
+    for t in (cache.k, cache.v, cache.valid, cache.next_pos):  # a used cache: no stale keys, positions from 0
+        t.zero_()
+    return cache, ids, step
 
 
 def _prefill(model, prompts, cache: KVCache) -> torch.Tensor:

@@ -33,7 +33,7 @@ def lines(name: str) -> int:
 
 
 def has_fast_decode() -> bool:
-    return "fast" in (SSR / "sampling.py").read_text().split("def complete(", 1)[1].split(")", 1)[0]
+    return "def _static_decoder(" in (SSR / "sampling.py").read_text()  # complete(..., static=True)
 
 
 def test_top_level_modules_are_the_core_and_its_support():
