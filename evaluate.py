@@ -195,6 +195,8 @@ def run(argv: list[str]) -> int:
     labels = {name: fields for paper in papers for name, fields in evaluation.paper_labels(paper).items()}
     device, dtype = device_and_dtype(args.device, args.dtype)
     device = distributed.init(device)  # under torchrun: join the other ranks (docs/distributed.md)
+    if distributed.world() > 1 and any(kind == "sdft" for kind, _ in tasks.values()):
+        raise ValueError("--protocol sdft's generated benchmarks run in one process; run them without torchrun")
     settings = {"model": str(args.model), "adapter": args.adapter, "limit": args.limit, "split": args.split,
                 "dtype": str(dtype),
                 "max_new_tokens": args.max_new_tokens, "nq_mode": args.nq_mode}
