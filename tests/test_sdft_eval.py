@@ -87,7 +87,18 @@ def test_humaneval_prompt_is_bigcode_octocoder_id_for_id(shared, data, sp):
         assert prompt.startswith("Question: Write a Python function `" + item.entry_point + "(")
         assert prompt.endswith(item.query.strip()) and "\n\nAnswer:\n" in prompt
         ids, text = sdft_eval.item_prompt(tok, item)
-        assert text == prompt and ids == [sp.bos_id()] + sp.encode(prompt)  # tokenizer(prompt): BOS + the text
+        assert text == "<s>" + prompt and ids == [sp.bos_id()] + sp.encode(prompt)  # tokenizer(prompt): BOS + text
+
+
+def test_no_bos_where_the_tokenizer_adds_none_to_text(data):
+    # LLaMA-Factory's _get_special_ids: BOS only with a BOS id and add_bos_token (SmolLM2's GGUF says false)
+    tok = ssr.load_tokenizer(ssr.DEFAULT_MODEL)
+    assert not tok.add_bos and tok.bos_id is not None
+    math = sdft_eval.load_benchmark("multiarith", data)[0]
+    ids, _ = sdft_eval.item_prompt(tok, math)
+    assert ids == [i for piece in sdft_eval.template_pieces("gsm8k_infer", math.query) for i in tok.encode(piece)]
+    ids, text = sdft_eval.item_prompt(tok, sdft_eval.load_benchmark("humaneval", data)[0])
+    assert ids == tok.encode(text) and text.startswith("Question: ")
 
 
 def test_every_math_gold_passes_the_last_integer_rule(data):

@@ -35,9 +35,8 @@ from tqdm import tqdm
 
 from ssr.harness import sandbox
 from ssr.harness.recipes import SDFT_SYSTEM_BLOCK, SDFT_TEMPLATES, find_last_integer, hf_clean_up, sdft_check_math
-from ssr.harness.records import check_context, prompt_ids, prompt_text
+from ssr.harness.records import check_context
 from ssr.harness.runfiles import append_records, read_records, write_atomic
-from ssr.harness.tasks import Prompt
 from ssr.sampling import complete
 
 # ---------------------------------------------------------------------------------------------------------
@@ -189,14 +188,14 @@ def humaneval_prompt(item: SdftItem) -> str:
 
 
 def item_prompt(tok, item: SdftItem) -> tuple[list[int], str]:
-    """(prompt ids, prompt text). LLaMA-Factory: BOS (where the tokenizer has one) + each piece encoded on its
-    own; bigcode: tokenizer(prompt), i.e. BOS only where the tokenizer adds one to plain text."""
+    """(prompt ids, prompt text). LLaMA-Factory: BOS + each piece encoded on its own; bigcode: tokenizer(prompt).
+    Both put BOS first only where the tokenizer adds one to text (LLaMA-Factory's `_get_special_ids`: a BOS id
+    and `add_bos_token`; Llama-2: yes, SmolLM2: no)."""
+    bos = [tok.bos_id] if tok.add_bos else []
+    bos_text = tok.decode(bos, skip_special_tokens=False)
     template = BENCHMARKS[item.benchmark].template
-    if template is None:
-        text = humaneval_prompt(item)
-        return ([tok.bos_id] if tok.add_bos else []) + tok.encode(text), text
-    prompt = Prompt([{"role": "user", "content": item.query}], pieces=template_pieces(template, item.query))
-    return prompt_ids(tok, prompt), prompt_text(tok, prompt)
+    pieces = [humaneval_prompt(item)] if template is None else template_pieces(template, item.query)
+    return bos + [i for piece in pieces for i in tok.encode(piece)], bos_text + "".join(pieces)
 
 
 # ---------------------------------------------------------------------------------------------------------
