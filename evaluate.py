@@ -15,6 +15,14 @@ sample for every model. A paper's name (ssr-paper, s3ft-paper, sdft-paper) runs 
 with its own metrics and target/retention split, and prints the paper's reported numbers beside ours where
 known.
 
+--protocol sdft (the default with --tasks sdft-paper) scores SDFT's benchmarks as its official code does
+(ssr/harness/sdft_eval.py): gsm8k and multiarith from SDFT's own test files in its `gsm8k_infer` template,
+sampled with LLaMA-Factory's defaults and scored by the last integer; openfunctions, advbench_raw,
+advbench_jailbreak and alpaca_eval in its alpaca templates; humaneval with bigcode's octocoder prompt, greedy,
+pass@1 in the sandbox. alpaca_eval is judged only with --judge llm (else its outputs are written and it is
+skipped, with the reason). An adapter whose run.json says it was trained in another template is refused by
+name (--allow-template-mismatch overrides).
+
 Each finished benchmark is written to --out at once; a rerun skips those already there (and target
 tasks resume their generations from the files beside --out), so an interrupted run loses little.
 --compare prints every benchmark's score per run, its change from the first (base) file, and the
@@ -26,11 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import ssr
 from ssr import lora
-from ssr.harness import cli, distributed, evaluation, judges, llm_judge
+from ssr.harness import cli, distributed, evaluation, judges, llm_judge, sdft_eval
 from ssr.checkpoint import read_json
 from ssr.harness.cli import device_and_dtype
 from ssr.harness.records import check_prompts
@@ -40,9 +49,10 @@ from ssr.harness.evaluation import PRIMARY, TARGET_FILES, drop_table, markdown_t
     target_examples
 
 
-def parse_tasks(spec: str, data_dir: Path | None) -> dict[str, tuple[str, Path | None]]:
-    """{name: (kind, file)}: kind is "target" or "mc"; NAME=FILE names a task file directly; a paper's name
-    (ssr-paper, s3ft-paper, sdft-paper) stands for its benchmark set."""
+def parse_tasks(spec: str, data_dir: Path | None, protocol: str = "project") -> dict[str, tuple[str, Path | None]]:
+    """{name: (kind, file)}: kind is "target", "mc" or "sdft" (a benchmark of SDFT's protocol, --protocol sdft,
+    which scores gsm8k its way too); NAME=FILE names a task file directly; a paper's name (ssr-paper, s3ft-paper,
+    sdft-paper) stands for its benchmark set."""
     tasks = {}
     items = [t.strip() for t in spec.split(",")]
     items = [task for item in items for task in (evaluation.PAPERS[item].tasks if item in evaluation.PAPERS else [item])]
@@ -50,6 +60,12 @@ def parse_tasks(spec: str, data_dir: Path | None) -> dict[str, tuple[str, Path |
         name, _, file = item.partition("=")
         if file:
             tasks[name] = ("target", Path(file))
+        elif name in sdft_eval.BENCHMARKS and (protocol == "sdft" or name not in TARGET_FILES):
+            if protocol != "sdft":
+                raise ValueError(f"--tasks {name}: a benchmark of SDFT's evaluation protocol; add --protocol sdft")
+            if data_dir is None:
+                raise ValueError(f"--tasks {name}: --data-dir is needed to find it")
+            tasks[name] = ("sdft", None)
         elif name in TARGET_FILES or name in evaluation.LOADERS:
             if data_dir is None:
                 raise ValueError(f"--tasks {name}: --data-dir is needed to find it")
@@ -57,7 +73,8 @@ def parse_tasks(spec: str, data_dir: Path | None) -> dict[str, tuple[str, Path |
             tasks[name] = (kind, data_dir / TARGET_FILES[name] if kind == "target" else None)
         else:
             raise ValueError(f"--tasks: unknown task {name!r}; choose from "
-                             f"{', '.join([*TARGET_FILES, *evaluation.LOADERS])}, a paper's set "
+                             f"{', '.join(dict.fromkeys([*TARGET_FILES, *evaluation.LOADERS, *sdft_eval.BENCHMARKS]))}, "
+                             f"a paper's set "
                              f"({', '.join(evaluation.PAPERS)}), or give NAME=FILE for a task file")
     return tasks
 
@@ -115,8 +132,16 @@ def parse_args(argv: list[str]):
     p.add_argument("--chat-template", choices=TEMPLATES, help="override the template detected from the tokenizer "
                                                               "(target tasks prompt through it)")
     p.add_argument("--tasks", default="gsm8k,mmlu,arc_easy,arc_challenge,truthfulqa_mc1,truthfulqa_mc2",
-                   help="comma-separated: " + ", ".join([*TARGET_FILES, *evaluation.LOADERS]) + ", a paper's set ("
+                   help="comma-separated: " + ", ".join(dict.fromkeys([*TARGET_FILES, *evaluation.LOADERS,
+                                                                       *sdft_eval.BENCHMARKS]))
+                   + ", a paper's set ("
                    + ", ".join(evaluation.PAPERS) + "), or NAME=FILE")
+    p.add_argument("--protocol", choices=sdft_eval.PROTOCOLS,
+                   help="project (default): the task prompts in the chat template, greedy, the rule judges; sdft "
+                        "(default with --tasks sdft-paper): SDFT's official templates, decoding, scorers and test "
+                        "files (ssr/harness/sdft_eval.py)")
+    p.add_argument("--allow-template-mismatch", action="store_true",
+                   help="evaluate an adapter in a template other than the one its run.json says it was trained in")
     p.add_argument("--data-dir", type=Path, help="folder with the official files (layout of ../shared/data)")
     p.add_argument("--limit", type=cli.positive_int,
                    help="at most this many questions per benchmark (a fixed-seed sample)")
@@ -161,22 +186,34 @@ def run(argv: list[str]) -> int:
         raise IsADirectoryError(f"--out {args.out} is a folder; give a results file name (results/base.json)")
     # every input is read and checked before anything is written
     llm_judge.require_named(args.judge, args.judge_model)
-    tasks = parse_tasks(args.tasks, args.data_dir)
+    named = [t.strip() for t in args.tasks.split(",")]
+    protocol = args.protocol or ("sdft" if "sdft-paper" in named else "project")
+    if "sdft-paper" in named and protocol != "sdft":
+        raise ValueError("--tasks sdft-paper is scored with SDFT's protocol; drop --protocol project")
+    tasks = parse_tasks(args.tasks, args.data_dir, protocol)
     if not tasks:
         raise ValueError("--tasks names no benchmark")
-    papers = [evaluation.PAPERS[t.strip()] for t in args.tasks.split(",") if t.strip() in evaluation.PAPERS]
+    papers = [evaluation.PAPERS[t] for t in named if t in evaluation.PAPERS]
     labels = {name: fields for paper in papers for name, fields in evaluation.paper_labels(paper).items()}
     device, dtype = device_and_dtype(args.device, args.dtype)
     device = distributed.init(device)  # under torchrun: join the other ranks (docs/distributed.md)
+    if distributed.world() > 1 and any(kind == "sdft" for kind, _ in tasks.values()):
+        raise ValueError("--protocol sdft's generated benchmarks run in one process; run them without torchrun")
     settings = {"model": str(args.model), "adapter": args.adapter, "limit": args.limit, "split": args.split,
                 "dtype": str(dtype),
                 "max_new_tokens": args.max_new_tokens, "nq_mode": args.nq_mode}
     if args.chat_template:  # only when given, so that results files of earlier runs still match
         settings["chat_template"] = args.chat_template
+    if protocol == "sdft":  # likewise: only for the sdft protocol
+        settings["protocol"] = {"name": "sdft", **{name: asdict(sdft_eval.BENCHMARKS[name].decoding)
+                                                   for name, (kind, _) in tasks.items() if kind == "sdft"}}
     if recorded := llm_judge.flag_settings(args):
         settings["judge"] = recorded
     items = {}
     for name, (kind, file) in tasks.items():
+        if kind == "sdft":
+            items[name] = sdft_eval.load_benchmark(name, args.data_dir, args.limit)
+            continue
         items[name] = target_examples(name, file, args.limit, args.split) if kind == "target" \
             else evaluation.LOADERS[name](args.data_dir, args.limit)
         if not items[name]:
@@ -185,6 +222,12 @@ def run(argv: list[str]) -> int:
     if args.adapter:
         lora.load_adapter(model, args.adapter)
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
+    if args.adapter:  # the template it was trained in, from its run folder
+        detected = ssr.load_tokenizer(args.model).chat_template if args.chat_template else tok.chat_template
+        note = sdft_eval.check_adapter_template(args.adapter, protocol, str(args.model), tok.chat_template, detected,
+                                                args.allow_template_mismatch)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     targets = [name for name, (kind, _) in tasks.items() if kind == "target"]
     if targets:
         cli.require_chat_template(tok, args.model)
@@ -203,7 +246,13 @@ def run(argv: list[str]) -> int:
             done = json.loads(args.out.read_text())["results"] if args.out.is_file() else {}
             raise cli.Interrupted(f"{len(done)} finished benchmark(s) kept in {args.out} (and the generations so "
                                   "far beside it); rerun the same command to continue") from None
-    print(results_table(results, papers[0] if len(papers) == 1 else None))
+    if protocol == "sdft":
+        figures = papers[0].reported if len(papers) == 1 else {}
+        skipped = {name: "needs an LLM judge (--judge llm); outputs written beside --out"
+                   for name in tasks if name == "alpaca_eval" and name not in results}
+        print(sdft_eval.paper_table(results, list(tasks), skipped, figures))
+    else:
+        print(results_table(results, papers[0] if len(papers) == 1 else None))
     return 0
 
 

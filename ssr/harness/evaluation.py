@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ssr.harness import distributed, judges, llm_judge, tasks
+from ssr.harness import distributed, judges, llm_judge, sdft_eval, tasks
 from ssr.harness.runfiles import check_settings, read_records, write_atomic
 from ssr.harness.records import generate_records
 from ssr.harness.tasks import TASKS, load_task
@@ -264,15 +264,17 @@ class PaperSet:
 
 
 PAPERS = {
-    "sdft-paper": PaperSet(
-        ["gsm8k", "mmlu", "truthfulqa_mc1", "truthfulqa_mc2", "arc_easy", "arc_challenge", "hellaswag", "winogrande"],
-        ["gsm8k"], {"arc_easy": "acc", "arc_challenge": "acc", "hellaswag": "acc", "truthfulqa_mc2": "mc2"},
-        "sail-sg/sdft scripts/test_seed_LM.sh: lm_eval --tasks truthfulqa,ai2_arc,hellaswag,winogrande, read by "
-        "eval/eval_general_knowledge.py as `acc,none` (the truthfulqa and ai2_arc rows are lm-eval's group means "
-        "of mc1/mc2 and of ARC-Easy/Challenge); MMLU 0-shot through LLaMA-Factory's evaluator (its own prompt, "
-        "not lm-eval's). Llama-2-7b-chat.",
-        {"gsm8k": "SDFT 34.4, SFT 31.9 (Llama-2-7b-chat, LoRA)",
-         "other benchmarks": "the paper's per-benchmark numbers are not available here"}),
+    "sdft-paper": PaperSet(  # scored with --protocol sdft (ssr/harness/sdft_eval.py): the official code's way
+        sdft_eval.PAPER_TASKS, ["gsm8k", "multiarith"],
+        {"arc_easy": "acc", "arc_challenge": "acc", "hellaswag": "acc", "truthfulqa_mc2": "mc2",
+         **{name: b.metric for name, b in sdft_eval.BENCHMARKS.items()}},
+        "sail-sg/sdft@reproduce scripts/test_seed_LM.sh and scripts/*/sdft.sh: GSM8K and MultiArith (gsm8k_infer, "
+        "last integer), OpenFunctions, AdvBench raw and GCG-jailbreak (alpaca templates, refusal keywords), "
+        "AlpacaEval (alpaca template; win rate by an LLM judge), HumanEval (bigcode octocoder prompt, greedy, pass@1), "
+        "all sampled as LLaMA-Factory's defaults but HumanEval; lm_eval --tasks truthfulqa,ai2_arc,hellaswag,"
+        "winogrande read as `acc,none` (truthfulqa and ai2_arc are lm-eval group means there); MMLU 0-shot through "
+        "LLaMA-Factory's evaluator (its own prompt, not lm-eval's). Llama-2-7b-chat.",
+        dict(sdft_eval.PAPER_FIGURES)),
     "s3ft-paper": PaperSet(
         ["gsm8k", "mbpp", "nq_rc", "mmlu", "truthfulqa_mc2", "hellaswag", "winogrande"], ["gsm8k", "mbpp", "nq_rc"], {},
         "arXiv 2502.08130 (S3FT): Mistral-7B-Instruct-v0.2 fine-tuned on mathematical reasoning (GSM8K), Python "
@@ -460,6 +462,11 @@ def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, ba
             continue
         if items and isinstance(items[0], MCQuestion):
             results[name] = score_questions(model, tok, items, batch_tokens=batch_tokens, progress=progress, desc=name)
+        elif items and isinstance(items[0], sdft_eval.SdftItem):  # --protocol sdft; None: not scored (no number)
+            if (result := sdft_eval.score(model, tok, items, f"{stem}.{name}", batch_size=batch_size, judge=judge,
+                                          progress=progress)) is None:
+                continue
+            results[name] = result
         else:
             results[name] = score_generations(model, tok, items, f"{stem}.{name}", batch_size=batch_size,
                                               max_new_tokens=max_new_tokens, nq_mode=nq_mode, judge=judge,
@@ -471,4 +478,4 @@ def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, ba
             results[name].update(fields)
             if distributed.is_main():
                 write_atomic(out_path, json.dumps({"settings": settings, "results": results}, indent=2))
-    return {name: results[name] for name in benchmarks}
+    return {name: results[name] for name in benchmarks if name in results}
