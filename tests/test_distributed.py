@@ -43,14 +43,14 @@ def setup(tmp_path_factory):
     return root
 
 
-def torchrun(script, *args, wait=True):
+def torchrun(script, *args, wait=True, code=0):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, *args]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if not wait:
         return proc
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 0, out
+    out = proc.communicate(timeout=180)[0]
+    assert (proc.returncode == 0) == (code == 0), out
     return out
 
 
@@ -63,6 +63,14 @@ def test_generate_and_evaluate_equal_one_process(setup, tmp_path):
     kept = [dict(r, output="kept") for r in one[2:5]]
     (tmp_path / "two.rank3.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept[:2]) + '{"id": "9", "mo')
     (tmp_path / "two.rank0.jsonl").write_text(json.dumps(kept[2]) + "\n")
+    made_with = {"mode": "predict", "recipe": "project", "max_new_tokens": 8, "temperature": 0.0, "top_k": 0,
+                 "top_p": 1.0, "seed": None, "stop": []}
+    # parts carry the settings they were made with: parts of 100-token records are never merged into 8-token ones
+    (tmp_path / "two.parts.json").write_text(json.dumps(dict(made_with, max_new_tokens=100)))
+    refused = torchrun("generate.py", *common, "--out", str(tmp_path / "two.jsonl"), code=1)
+    assert "two.rank0.jsonl, two.rank3.jsonl of an interrupted run were made with other settings " \
+           "(max_new_tokens: 100 -> 8)" in refused and not (tmp_path / "two.jsonl").exists()
+    (tmp_path / "two.parts.json").write_text(json.dumps(made_with))
     torchrun("generate.py", *common, "--out", str(tmp_path / "two.jsonl"))
     two = read_records(tmp_path / "two.jsonl")
     assert len(one) == len(QUESTIONS) and two == one[:2] + kept + one[5:]  # ids, outputs, order

@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -109,6 +110,24 @@ def require_chat_template(tok, model: str) -> None:
     if tok.chat_template is None:
         raise ValueError(f"--model {model}: its tokenizer has no chat template this project recognises; "
                          f"pass --chat-template, one of {', '.join(TEMPLATES)}")
+
+
+def refuse_output_over_inputs(out, written, inputs: dict[str, object]) -> None:
+    """Nothing a script writes may be one of its inputs or lie inside an input folder: `--out` equal to the task
+    file would append answers to the questions, evaluate.py's results would replace a SQuAD .json, a run folder
+    inside the model folder would mix with its files. written: every path the script writes for `--out` (the
+    output, its settings and lock files, files beside it); inputs: {"--flag": path or None}, paths that do not
+    exist (a model's name) being no files. Checked before anything is written; symlinks are followed."""
+    sources = {flag: Path(str(value)).expanduser().resolve() for flag, value in inputs.items()
+               if value is not None and Path(str(value)).expanduser().exists()}
+    for path in written:
+        target = Path(path).expanduser().resolve()
+        for flag, source in sources.items():
+            if target == source or (source.is_dir() and source in target.parents):
+                shown = "" if Path(path) == Path(out) else f" ({Path(path).name}, written for it)"
+                where = "is" if target == source else "lies inside"
+                raise ValueError(f"--out {out}{shown} {where} {flag} {inputs[flag]}: writing it would destroy an "
+                                 "input; choose an output that is no input")
 
 
 # ---------------------------------------------------------------------------------------------------------

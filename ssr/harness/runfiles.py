@@ -10,7 +10,9 @@ touches the file: a reader may run while the writer is still busy.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -70,24 +72,58 @@ def append_records(path: str | Path, records: Iterable[dict]) -> int:
     _repair_tail(path)
     count = 0
     with open(path, "a", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
+        for record in records:  # outside the try: an error of the records' producer is its own
+            try:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.flush()
+            except OSError as e:  # a full disk: the half line written is cut off by the next append (_repair_tail)
+                raise OSError(e.errno, f"{path}: could not be appended to ({e.strerror or e}) after {count} new "
+                                       "record(s); free some space and rerun to continue") from None
             count += 1
         os.fsync(f.fileno())
     return count
 
 
 def write_atomic(path: str | Path, text: str) -> None:
-    """Replace the file's content all at once: written beside it, synced, then renamed into place."""
+    """Replace the file's content all at once: written beside it, synced, then renamed into place. A write that
+    fails (a full disk) removes its temporary file and names the file and the cause."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share it
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"{path}: could not be written ({e.strerror or e}); it is unchanged") from None
+
+
+def content_digest(path: str | Path) -> str:
+    """sha256 of what a file holds, or of a model or adapter folder's weights, configs and tokenizer files (each
+    file's name and bytes; *.safetensors, *.bin, *.json, *.model, *.txt, *.tiktoken at its top level). What a
+    cached result is tied to, rather than a path: a model retrained in place, or another file at the same
+    path, gives another digest. Size and modification time are not enough (a retrained adapter has the same
+    size, and a copy keeps the time), so the bytes are read: about a second per GB."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".model",
+                                                                    ".txt", ".tiktoken"))
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}\0".encode())
+        with open(file, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def data_digest(items) -> str:
+    """sha256 of the records a step uses (dataclasses or dicts, in order): what its cached result depends on."""
+    rows = [dataclasses.asdict(i) if dataclasses.is_dataclass(i) else i for i in items]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False, sort_keys=True).encode("utf-8", "surrogatepass")
+                          ).hexdigest()
 
 
 def write_records(path: str | Path, records: Iterable[dict]) -> None:
