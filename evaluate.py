@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 
 import ssr
-from ssr import lora
 from ssr.harness import cli, distributed, evaluation, judges, llm_judge
 from ssr.checkpoint import read_json, resolve_model_dir
 from ssr.harness.runfiles import content_digest
@@ -213,7 +212,7 @@ def run(argv: list[str]) -> int:
             raise ValueError(f"--tasks {name}: no items to score (e.g. an MBPP file without task_ids 11-510)")
     model = ssr.load_model(args.model, dtype=dtype, device=device)
     if args.adapter:
-        lora.load_adapter(model, args.adapter)
+        cli.load_adapter(model, args.adapter)
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
     targets = [name for name, (kind, _) in tasks.items() if kind == "target"]
     if targets:

@@ -73,8 +73,7 @@ def run(argv: list[str]) -> int:
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
     cli.require_chat_template(tok, args.model)
     if args.adapter:
-        from ssr import lora
-        lora.load_adapter(model, args.adapter)
+        cli.load_adapter(model, args.adapter)
     check_prompts(model, tok, examples, args.mode, args.max_new_tokens)
     out = Path(args.out)
     if out.is_dir():

@@ -51,17 +51,38 @@ def numbered_records(path: str | Path, *, partial_tail: bool = True) -> list[tup
                 raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise ValueError(f"{path}:{n}: JSON nested too deeply to read") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
+            if b"\\u" in line and (field := lone_surrogate(record)) is not None:
+                raise ValueError(f"{path}:{n}: field {field!r} holds a lone surrogate (a \\ud800-\\udfff escape "
+                                 "without its pair), which is no text: it could not be written back as UTF-8")
             records.append((n, record))
     if tail.strip():
         try:
             record = json.loads(tail)
-        except ValueError:  # a fragment left by a killed writer (bad JSON, or cut inside a UTF-8 character)
+        except (ValueError, RecursionError):  # a fragment left by a killed writer (bad JSON, or cut inside a UTF-8 character)
             record = None
         if isinstance(record, dict):
             records.append((len(lines) + 1, record))
     return records
+
+
+def lone_surrogate(value, name: str = "") -> str | None:
+    """The name of the first field (a path like "messages[0].content") whose text holds a lone UTF-16 surrogate,
+    which json.loads lets through from a "\\ud83d" escape and UTF-8 cannot encode; None if there is none."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return name or "(the value)"
+    elif isinstance(value, dict):
+        return next((f for k, v in value.items() if (f := lone_surrogate(k, name) or lone_surrogate(
+            v, f"{name}.{k}" if name else str(k))) is not None), None)
+    elif isinstance(value, list):
+        return next((f for i, v in enumerate(value) if (f := lone_surrogate(v, f"{name}[{i}]")) is not None), None)
+    return None
 
 
 def append_records(path: str | Path, records: Iterable[dict]) -> int:
