@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 import evaluate
 import generate
@@ -83,6 +84,40 @@ def inputs(tmp_path_factory):
     f.same_limit.write_text(json.dumps({"settings": {"limit": 4}, "results": result}))
     f.bad_json = d / "bad.json"
     f.bad_json.write_text('{"results": ')
+    f.nan_score = d / "nan.json"
+    f.nan_score.write_text('{"settings": {"limit": 4}, "results": {"mmlu": {"acc": NaN, "n": 4}}}')
+    for name, settings, n in (("other_tokens", {"limit": 4, "max_new_tokens": 20}, 4), ("other_n", {"limit": 4}, 8),
+                              ("other_judge", {"limit": 4, "judge": {"judge": "llm", "model": "m"}}, 4)):
+        setattr(f, name, d / f"{name}.json")
+        getattr(f, name).write_text(json.dumps({"settings": settings, "results": {"mmlu": dict(result["mmlu"], n=n)}}))
+    f.mbpp_no_tests = jsonl(d / "mbpp_empty.jsonl", [{"task_id": 11, "text": "add", "code": "def f(a, b): return a + b",
+                                                      "test_list": []}])
+    f.mbpp_humaneval = jsonl(d / "humaneval.jsonl", [{"task_id": "HumanEval/1", "text": "add", "code": "x = 1",
+                                                      "test_list": ["assert x == 1"]}])
+    f.no_number = jsonl(d / "nonum.jsonl", [GSM8K[0], {"question": "what is it", "answer": "It is unknown.\n####"}])
+    f.surrogate = jsonl(d / "surrogate.jsonl", [GSM8K[0], '{"question": "caf\\ud800", "answer": "#### 1"}'])
+    f.nested = jsonl(d / "deep.jsonl", [GSM8K[0], "[" * 100_000])
+    squad = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{"context": "Paris is in France.", "qas": [
+        {"id": "q1", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}],
+         "is_impossible": False}]}]}]}
+    f.squad = d / "squad.json"
+    f.squad.write_text(json.dumps(squad))
+    for name, edit in (("squad_no_id", lambda q, p: q.pop("id")), ("squad_no_text", lambda q, p: q["answers"][0].pop("text")),
+                       ("squad_no_paragraphs", lambda q, p: p.clear())):
+        broken = json.loads(json.dumps(squad))
+        edit(broken["data"][0]["paragraphs"][0]["qas"][0], broken["data"][0])
+        setattr(f, name, d / f"{name}.json")
+        getattr(f, name).write_text(json.dumps(broken))
+    shutil.copytree(d / "adapter", d / "null_adapter")
+    config = json.loads((d / "adapter" / "adapter_config.json").read_text())
+    (d / "null_adapter" / "adapter_config.json").write_text(json.dumps(dict(config, r=None)))
+    weights = load_file(d / "adapter" / "adapter_model.safetensors")
+    first = sorted(weights)[0]
+    weights[first][0, 0] = float("nan")
+    (d / "nan_adapter").mkdir()
+    shutil.copy(d / "adapter" / "adapter_config.json", d / "nan_adapter")
+    save_file(weights, d / "nan_adapter" / "adapter_model.safetensors")
+    f.null_adapter, f.nan_adapter, f.nan_tensor = d / "null_adapter", d / "nan_adapter", first
     return f
 
 
@@ -219,6 +254,51 @@ CASES = [
      ["--compare", "sft.json"]),
     ("compare-malformed-file", "evaluate", lambda f: ["--compare", str(f.base_json), str(f.bad_json)], 1,
      ["bad.json", "not a valid JSON"]),
+    ("compare-nan-score", "evaluate", lambda f: ["--compare", str(f.base_json), str(f.nan_score)], 1,
+     ["nan.json", "'mmlu'", "no finite score"]),
+    ("compare-other-max-new-tokens", "evaluate", lambda f: ["--compare", str(f.base_json), str(f.other_tokens)], 1,
+     ["different --max-new-tokens", "other_tokens.json: 20"]),
+    ("compare-other-judge", "evaluate", lambda f: ["--compare", str(f.base_json), str(f.other_judge)], 1,
+     ["different --judge", "'llm'"]),
+    ("compare-other-n", "evaluate", lambda f: ["--compare", str(f.base_json), str(f.other_n)], 1,
+     ["'mmlu'", "different numbers of items", "base: n=4", "other_n: n=8"]),
+    # an --out that is (or lies inside) an input: refused before anything is written, the input untouched
+    ("gen-out-is-the-task-file", "generate", lambda f: swap(G(f), "--out", str(f.gsm8k)), 1,
+     ["--out", "is --task-file", "gsm8k.jsonl", "destroy an input"]),
+    ("gen-out-inside-the-model", "generate", lambda f: swap(G(f), "--out", str(f.model / "pred.jsonl")), 1,
+     ["lies inside --model"]),
+    ("judge-out-is-the-predictions", "judge", lambda f: swap(J(f), "--out", str(f.pred)), 1,
+     ["is --predictions", "pred.jsonl"]),
+    ("train-out-is-the-model-folder", "train", lambda f: swap(T(f), "--out", str(f.model)), 1, ["is --model"]),
+    ("eval-out-is-the-task-file", "evaluate", lambda f: swap(E(f), "--out", str(f.gsm8k)), 1,
+     ["is --tasks gsm8k=", "gsm8k.jsonl"]),
+    ("eval-out-is-the-squad-json", "evaluate", lambda f: swap(swap(E(f), "--tasks", f"squad2={f.squad}"), "--out",
+                                                               str(f.squad)), 1, ["is --tasks squad2=", "squad.json"]),
+    # records no judge may accept, and files the loaders must name
+    ("gen-mbpp-without-tests", "generate", lambda f: swap(G(f), "--task-file", str(f.mbpp_no_tests)), 1,
+     ["mbpp_empty.jsonl:1", "'test_list'", "no assert"]),
+    ("gen-mbpp-task-id-not-a-number", "generate", lambda f: swap(G(f), "--task-file", str(f.mbpp_humaneval)), 1,
+     ["humaneval.jsonl:1", "'task_id'", "HumanEval/1"]),
+    ("gen-gsm8k-gold-without-number", "generate", lambda f: swap(G(f), "--task-file", str(f.no_number)), 1,
+     ["nonum.jsonl:2", "'answer'", "#### N"]),
+    ("train-gsm8k-gold-without-number", "train", lambda f: swap(T(f), "--data", str(f.no_number)), 1,
+     ["nonum.jsonl:2", "'answer'", "final number"]),
+    ("gen-lone-surrogate", "generate", lambda f: swap(G(f), "--task-file", str(f.surrogate)), 1,
+     ["surrogate.jsonl:2", "'question'", "lone surrogate"]),
+    ("gen-nested-too-deeply", "generate", lambda f: swap(G(f), "--task-file", str(f.nested)), 1,
+     ["deep.jsonl:2", "nested too deeply"]),
+    ("eval-squad-without-id", "evaluate", lambda f: swap(E(f), "--tasks", f"squad2={f.squad_no_id}"), 1,
+     ["squad_no_id.json", "qas[0]", "'id'"]),
+    ("eval-squad-answer-without-text", "evaluate", lambda f: swap(E(f), "--tasks", f"squad2={f.squad_no_text}"), 1,
+     ["squad_no_text.json", "answers[0]", "'text'"]),
+    ("eval-squad-without-paragraphs", "evaluate", lambda f: swap(E(f), "--tasks", f"squad2={f.squad_no_paragraphs}"),
+     1, ["squad_no_paragraphs.json", "data[0]", "'paragraphs'"]),
+    ("gen-adapter-null-r", "generate", lambda f: G(f, "--adapter", str(f.null_adapter)), 1,
+     ["null_adapter/adapter_config.json", "'r'", "null"]),
+    ("gen-adapter-nan-weights", "generate", lambda f: G(f, "--adapter", str(f.nan_adapter)), 1,
+     ["nan_adapter/adapter_model.safetensors", "NaN"]),
+    ("eval-adapter-nan-weights", "evaluate", lambda f: E(f, "--adapter", str(f.nan_adapter)), 1,
+     ["nan_adapter/adapter_model.safetensors", "NaN"]),
 ]
 
 
