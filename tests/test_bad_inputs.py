@@ -414,15 +414,18 @@ def test_one_writer_per_output_and_no_stale_lock(tmp_path):
         pass
 
 
-SLOW = ("import sys, time\nimport ssr.sampling as s\ncomplete = s.complete\n"
-        "s.complete = lambda *a, **k: (time.sleep(0.15), complete(*a, **k))[1]\n"
-        "import generate\nsys.exit(generate.main(sys.argv[1:]))")
+GATED = ("import os, sys, time\nimport ssr.sampling as s\ncomplete, calls = s.complete, [0]\n"
+         "def gated(*a, **k):\n    calls[0] += 1\n"
+         "    while calls[0] > int(os.environ['FREE']) and os.path.exists(os.environ['GATE']):\n"
+         "        time.sleep(0.01)\n    return complete(*a, **k)\n"
+         "s.complete = gated\nimport generate\nsys.exit(generate.main(sys.argv[1:]))")
 
 
-def slow_generate(inputs, out, n):
-    """generate.py with every batch slowed to at least 0.15 s, so that a signal lands mid-run."""
+def gated_generate(inputs, out, n):
+    """generate.py, one example per batch, whose batches after the first $FREE wait while the file $GATE exists:
+    a signal lands mid-run however fast or slow the machine is (the test waits for a condition, never a time)."""
     task = jsonl(inputs.dir / f"many{n}.jsonl", [GSM8K[i % len(GSM8K)] for i in range(n)])
-    return [sys.executable, "-c", SLOW, "--model", str(inputs.model), "--task-file", str(task), "--out", str(out),
+    return [sys.executable, "-c", GATED, "--model", str(inputs.model), "--task-file", str(task), "--out", str(out),
             "--batch-size", "1", "--max-new-tokens", "4", "--device", "cpu", "--quiet"]
 
 
@@ -437,9 +440,11 @@ def wait_for(condition, what: str, seconds: float = 120):
 
 
 def test_two_copies_on_one_out_then_a_kill_leaves_no_stale_lock(inputs, tmp_path):
-    out = tmp_path / "pred.jsonl"
-    cmd = slow_generate(inputs, out, 30)
-    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV) for _ in range(2)]
+    out, gate = tmp_path / "pred.jsonl", tmp_path / "gate"
+    gate.touch()  # the holder writes one record, then waits: it cannot finish before the other is refused
+    cmd = gated_generate(inputs, out, 30)
+    env = dict(ENV, GATE=str(gate), FREE="1")
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for _ in range(2)]
     wait_for(lambda: any(p.poll() is not None for p in procs), "neither copy was refused")
     refused, holder = sorted(procs, key=lambda p: p.poll() is None)
     assert refused.returncode == 1 and holder.poll() is None  # one runs, the other is refused
@@ -456,19 +461,21 @@ def test_two_copies_on_one_out_then_a_kill_leaves_no_stale_lock(inputs, tmp_path
 
 
 def test_ctrl_c_says_what_was_kept_and_the_rerun_is_exact(inputs, tmp_path):
-    straight, resumed = tmp_path / "straight.jsonl", tmp_path / "resumed.jsonl"
-    assert generate.main(slow_generate(inputs, straight, 10)[3:]) == 0  # never interrupted (and not slowed)
-    proc = subprocess.Popen(slow_generate(inputs, resumed, 10), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=ENV)
+    straight, resumed, gate = tmp_path / "straight.jsonl", tmp_path / "resumed.jsonl", tmp_path / "gate"
+    assert generate.main(gated_generate(inputs, straight, 10)[3:]) == 0  # never interrupted (in process: no gate)
+    gate.touch()  # two batches go through, the third waits: SIGINT lands while it waits
+    proc = subprocess.Popen(gated_generate(inputs, resumed, 10), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(ENV, GATE=str(gate), FREE="2"))
     wait_for(lambda: resumed.is_file() and resumed.read_bytes().count(b"\n") >= 2, "nothing written in time")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     err = proc.stderr.read().decode()
     proc.stderr.close()
-    kept = len(read_records(resumed))
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err == f"interrupted: {kept} records kept in {resumed}; rerun the same command to continue\n"
-    assert 2 <= kept < 10
-    subprocess.run(slow_generate(inputs, resumed, 10), env=ENV, check=True, timeout=300, capture_output=True)
+    assert err == f"interrupted: 2 records kept in {resumed}; rerun the same command to continue\n"
+    assert len(read_records(resumed)) == 2
+    gate.unlink()
+    subprocess.run(gated_generate(inputs, resumed, 10), env=dict(ENV, GATE=str(gate), FREE="0"), check=True,
+                   timeout=300, capture_output=True)
     records = read_records(resumed)
     assert len(records) == 10 and {r["id"]: r for r in records} == {r["id"]: r for r in read_records(straight)}

@@ -90,12 +90,18 @@ def test_generate_and_evaluate_equal_one_process(setup, tmp_path):
     assert verdicts[0] == verdicts[1] and len(verdicts[0]) == len(QUESTIONS)
 
 
-# each step slowed so that the kill lands mid-run; every rank notes its pid so that the test can kill rank 1
+# steps after the fifth wait while the file "gate" exists, so that the kill lands mid-run however fast the machine
+# is; every rank notes its pid so that the test can kill rank 1
 SLOW_TRAIN = """import os, sys, time
 open(os.path.join(sys.argv[1], "pid." + os.environ.get("RANK", "0")), "w").write(str(os.getpid()))
 import ssr.trainer as t
-step = t.train_step
-t.train_step = lambda *a, **k: (time.sleep(0.4), step(*a, **k))[1]
+step, calls = t.train_step, [0]
+def gated(*a, **k):
+    calls[0] += 1
+    while calls[0] > 5 and os.path.exists(os.path.join(sys.argv[1], "gate")):
+        time.sleep(0.01)
+    return step(*a, **k)
+t.train_step = gated
 import train
 sys.exit(train.main(sys.argv[2:]))
 """
@@ -112,6 +118,7 @@ def test_killed_rank_ends_the_job_and_the_rerun_ends_as_one_process(setup, tmp_p
 
     (tmp_path / "slow_train.py").write_text(SLOW_TRAIN)
     argv = [str(tmp_path / "slow_train.py"), str(tmp_path), *args, "--out", str(tmp_path / "two")]
+    (tmp_path / "gate").touch()
     proc = torchrun(*argv, wait=False)
     metrics, deadline = tmp_path / "two" / "metrics.jsonl", time.monotonic() + 90
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 5):
@@ -124,6 +131,7 @@ def test_killed_rank_ends_the_job_and_the_rerun_ends_as_one_process(setup, tmp_p
     assert "Signal 9" in out or "SIGKILL" in out, out  # torchrun names the dead rank
     assert json.loads((tmp_path / "two" / "checkpoint" / "state.json").read_text())["world_size"] == 2
 
+    (tmp_path / "gate").unlink()
     out = torchrun(*argv)  # the same command continues
     assert "resuming" in out and out.count("adapter:") == 1, out  # rank 0 alone prints
     a = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")

@@ -162,7 +162,8 @@ def check_settings(path: str | Path, settings: dict, what: str, may_change: tupl
         saved = json.loads(path.read_text())
         changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v and k not in may_change}
         if changed:
-            diff = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            shown = lambda v: repr(v[:12] + "...") if isinstance(v, str) and len(v) == 64 else repr(v)  # noqa: E731 (a digest)
+            diff = "; ".join(f"{k}: {shown(old)} -> {shown(new)}" for k, (old, new) in changed.items())
             raise ValueError(f"{what} holds results made with other settings ({diff}); use another output, "
                              "or delete it to start over")
         if saved == settings:
