@@ -32,15 +32,15 @@ is its negative).
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import ssr
-from ssr import lora
 from ssr.harness import cli, distributed, evaluation, judges, llm_judge, sdft_eval
-from ssr.checkpoint import read_json
+from ssr.checkpoint import read_json, resolve_model_dir
+from ssr.harness.runfiles import content_digest
 from ssr.harness.cli import device_and_dtype
 from ssr.harness.records import check_prompts
 from ssr.harness.tasks import MBPP_SPLITS
@@ -90,9 +90,16 @@ def results_table(results: dict, paper=None) -> str:
     return markdown_table(rows) + (f"\n(paper's setting: {paper.source})" if paper else "")
 
 
+# settings that name the model scored, not how: they differ between the files compared
+IDENTITY = ("model", "adapter", "model_sha256", "adapter_sha256")
+
+
 def compare(files: list[str], exclude: set[str]) -> str:
-    """The drop table of result files (ssr.harness.evaluation.drop_table), the first file being the base."""
-    runs, limits = {}, {}
+    """The drop table of result files (ssr.harness.evaluation.drop_table), the first file being the base. Files
+    scored another way (any setting but the model's identity: --limit, --split, --max-new-tokens, --nq-mode, the
+    judge, dtype, chat template, protocol...) or over another number of items of a benchmark are refused, naming
+    the difference; so is a score that is not a finite number."""
+    runs, settings = {}, {}
     for f in files:
         if not Path(f).is_file():
             raise FileNotFoundError(f"--compare {f}: no such file")
@@ -102,11 +109,23 @@ def compare(files: list[str], exclude: set[str]) -> str:
         if Path(f).stem in runs:
             raise ValueError(f"--compare {f}: another file is also named {Path(f).stem!r}; the table labels runs "
                              "by file name")
-        runs[Path(f).stem], limits[f] = data["results"], data.get("settings", {}).get("limit")
-    if len(set(map(str, limits.values()))) > 1:
-        shown = ", ".join(f"{f}: {limit}" for f, limit in limits.items())
-        raise ValueError(f"--compare: the result files were scored with different --limit ({shown}), so over "
-                         "different items; score them with the same --limit")
+        for name, result in data["results"].items():
+            score = result.get(result.get("metric") or PRIMARY.get(name, "acc")) if isinstance(result, dict) else None
+            if not isinstance(result, dict) or isinstance(score, bool) or not isinstance(score, (int, float)) \
+                    or not math.isfinite(score) or not isinstance(result.get("n"), int):
+                raise ValueError(f"--compare {f}: benchmark {name!r} has no finite score and count n "
+                                 f"(got {str(result)[:80]}); score it again")
+        runs[Path(f).stem], settings[f] = data["results"], data.get("settings", {})
+    for key in dict.fromkeys(k for s in settings.values() for k in s if k not in IDENTITY):
+        if len({repr(s.get(key)) for s in settings.values()}) > 1:
+            shown = ", ".join(f"{f}: {s.get(key)!r}" for f, s in settings.items())
+            raise ValueError(f"--compare: the result files were scored with different --{key.replace('_', '-')} "
+                             f"({shown}), so their scores do not compare; score them with the same settings")
+    for name in dict.fromkeys(n for results in runs.values() for n in results):
+        counts = {label: results[name]["n"] for label, results in runs.items() if name in results}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"--compare: benchmark {name!r} was scored over different numbers of items "
+                             f"({', '.join(f'{label}: n={n}' for label, n in counts.items())})")
     names = {n for results in runs.values() for n in results}
     unknown = sorted(exclude - names)
     if unknown:
@@ -193,6 +212,15 @@ def run(argv: list[str]) -> int:
     tasks = parse_tasks(args.tasks, args.data_dir, protocol)
     if not tasks:
         raise ValueError("--tasks names no benchmark")
+    stem = args.out.with_suffix("")
+    cli.refuse_output_over_inputs(args.out, [args.out, f"{stem}.settings.json", f"{args.out}.lock",
+                                             *(f"{stem}.{name}.{kind}" for name, (k, _) in tasks.items()
+                                               if k == "target" for kind in ("predictions.jsonl", "verdicts.jsonl",
+                                                                             "predictions.parts.json",
+                                                                             "verdicts.parts.json"))],
+                                  {"--model": args.model, "--adapter": args.adapter, "--data-dir": args.data_dir,
+                                   "--judge-model": args.judge_model if args.judge != "rule" else None,
+                                   **{f"--tasks {name}=": file for name, (_, file) in tasks.items()}})
     papers = [evaluation.PAPERS[t] for t in named if t in evaluation.PAPERS]
     labels = {name: fields for paper in papers for name, fields in evaluation.paper_labels(paper).items()}
     device, dtype = device_and_dtype(args.device, args.dtype)
@@ -207,6 +235,9 @@ def run(argv: list[str]) -> int:
     if protocol == "sdft":  # likewise: only for the sdft protocol
         settings["protocol"] = {"name": "sdft", **{name: asdict(sdft_eval.BENCHMARKS[name].decoding)
                                                    for name, (kind, _) in tasks.items() if kind == "sdft"}}
+    # what every score depends on, by content: a model or adapter retrained in place is another model
+    settings["model_sha256"] = content_digest(resolve_model_dir(args.model))
+    settings["adapter_sha256"] = content_digest(args.adapter) if args.adapter else None
     if recorded := llm_judge.flag_settings(args):
         settings["judge"] = recorded
     items = {}
@@ -220,7 +251,7 @@ def run(argv: list[str]) -> int:
             raise ValueError(f"--tasks {name}: no items to score (e.g. an MBPP file without task_ids 11-510)")
     model = ssr.load_model(args.model, dtype=dtype, device=device)
     if args.adapter:
-        lora.load_adapter(model, args.adapter)
+        cli.load_adapter(model, args.adapter)
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
     if args.adapter:  # the template it was trained in, from its run folder
         detected = ssr.load_tokenizer(args.model).chat_template if args.chat_template else tok.chat_template
@@ -243,7 +274,7 @@ def run(argv: list[str]) -> int:
                                      max_new_tokens=args.max_new_tokens, batch_tokens=args.batch_tokens,
                                      nq_mode=args.nq_mode, judge=judge, labels=labels)
         except KeyboardInterrupt:
-            done = json.loads(args.out.read_text())["results"] if args.out.is_file() else {}
+            done = read_json(args.out, "results file").get("results", {})
             raise cli.Interrupted(f"{len(done)} finished benchmark(s) kept in {args.out} (and the generations so "
                                   "far beside it); rerun the same command to continue") from None
     if protocol == "sdft":

@@ -8,8 +8,11 @@ gold answer in its own words, S3FT), rewrite (SDFT's distillation prompt). Greed
 Each record: {"id", "mode", "messages", "prompt_text" (the exact rendered prompt), "output", "finish_reason": "stop"|"length", "prompt_tokens",
 "output_tokens"} (+ "prefix" in rewrite mode). Resumable: a rerun skips the (id, mode) pairs already in
 --out; a killed run loses at most the batch in flight. The settings that shape the outputs are kept beside
---out (NAME.settings.json), and a rerun with others is refused; a second copy on the same --out is refused
-while the first holds NAME.lock. Inputs and flags are checked before anything is written (ssr/harness/cli.py).
+--out (NAME.settings.json, with a digest of the model's and the adapter's files: one retrained in place is
+another model), and a rerun with others is refused; so is a kept record whose prompt is not the task file's
+now (ids are line positions: an edited task file), and an --out that is one of the inputs. A second copy on
+the same --out is refused while the first holds NAME.lock. Inputs and flags are checked before anything is
+written (ssr/harness/cli.py).
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from pathlib import Path
 import ssr
 from ssr.harness import cli, distributed
 from ssr.harness.cli import device_and_dtype
-from ssr.harness.runfiles import check_settings, read_records
+from ssr.checkpoint import resolve_model_dir
+from ssr.harness.runfiles import check_settings, content_digest, read_records
 from ssr.harness.records import check_prompts, generate_records
 from ssr.harness.tasks import MBPP_SPLITS, MODES, TASKS, load_task
 from ssr.tokenizer import TEMPLATES
@@ -70,12 +74,17 @@ def run(argv: list[str]) -> int:
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
     cli.require_chat_template(tok, args.model)
     if args.adapter:
-        from ssr import lora
-        lora.load_adapter(model, args.adapter)
+        cli.load_adapter(model, args.adapter)
     check_prompts(model, tok, examples, args.mode, args.max_new_tokens)
     out = Path(args.out)
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder; give a JSONL file name")
+    cli.refuse_output_over_inputs(out, [out, out.with_suffix(".settings.json"), f"{out}.lock",
+                                        out.with_name(f"{out.stem}.parts.json")],
+                                  {"--task-file": args.task_file, "--model": args.model, "--adapter": args.adapter})
+    # what the records depend on, by content: a model or adapter retrained in place is another model
+    weights = {"model_sha256": content_digest(resolve_model_dir(args.model)),
+               "adapter_sha256": content_digest(args.adapter) if args.adapter else None}
 
     with distributed.hold_lock(out):
         with distributed.main_first():  # what shapes the outputs must not change between runs appending to --out
@@ -83,7 +92,7 @@ def run(argv: list[str]) -> int:
                 "model": str(args.model), "adapter": args.adapter, "task_file": str(Path(args.task_file).resolve()),
                 "dtype": str(dtype), "chat_template": args.chat_template, "max_new_tokens": args.max_new_tokens,
                 "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
-                "stop": args.stop}, str(out))
+                "stop": args.stop, **weights}, str(out))
         try:
             records = generate_records(model, tok, examples, args.mode, out, batch_size=args.batch_size,
                                        max_new_tokens=args.max_new_tokens, temperature=args.temperature,

@@ -10,7 +10,9 @@ verdict per record to --out: {"id", "mode", "task", "correct", "kind", "reason",
 its raw text and settings, "judge_output", "judge", "judge_prompt", and judges any task file, chat records too).
 Resumable: a rerun skips the (id, mode) pairs already in --out, so a killed run picks up where it stopped; a
 rerun with another task file, predictions file, --nq-mode, --timeout or judge is refused (NAME.settings.json
-beside --out keeps them), and so is a second copy on the same --out (NAME.lock). Prints accuracy per mode and
+beside --out keeps them), and so is a kept verdict of another question or answer (each verdict keeps a digest
+of what it judged: a task or predictions file edited in place), an --out that is one of the inputs, and a
+second copy on the same --out (NAME.lock). Prints accuracy per mode and
 the verdicts counted by kind ("match", "mismatch", "AssertionError", "timeout", ...).
 """
 from __future__ import annotations
@@ -105,6 +107,10 @@ def run(argv: list[str]) -> int:
     out = Path(args.out)
     if out.is_dir():
         raise IsADirectoryError(f"--out {out} is a folder; give a JSONL file name")
+    cli.refuse_output_over_inputs(out, [out, out.with_suffix(".settings.json"), f"{out}.lock",
+                                        out.with_name(f"{out.stem}.parts.json")],
+                                  {"--task-file": args.task_file, "--predictions": args.predictions,
+                                   "--judge-model": args.judge_model if args.judge != "rule" else None})
     settings = {"task_file": str(Path(args.task_file).resolve()), "predictions": str(Path(args.predictions).resolve()),
                 "nq_mode": args.nq_mode, "timeout": args.timeout}
     if recorded := llm_judge.flag_settings(args):

@@ -35,7 +35,8 @@ from ssr.harness import cli, distributed, llm_judge
 from ssr.harness.pipeline import check_judge, run_method
 from ssr.harness.recipes import RECIPES, LoraSettings, default_recipe
 from ssr.harness.records import check_prompts
-from ssr.harness.runfiles import check_settings
+from ssr.checkpoint import resolve_model_dir
+from ssr.harness.runfiles import check_settings, content_digest, data_digest
 from ssr.harness.tasks import MBPP_SPLITS, TASKS, load_task, refuse_test_split
 from ssr.harness.training import RESUMABLE_CHANGES, loss_identity
 from ssr.methods import METHODS, NEEDS
@@ -167,6 +168,12 @@ def run(argv: list[str]) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file; give a run folder")
+    written = [out, f"{out}.lock", *(out / f"{mode}{kind}.jsonl" for mode in ("predict", "paraphrase", "rewrite")
+                                     for kind in ("", ".verdicts")),
+               *(out / name for name in ("run.json", "targets.jsonl", "metrics.jsonl", "checkpoint", "adapter",
+                                         "merged"))]
+    cli.refuse_output_over_inputs(out, written, {"--data": args.data, "--model": args.model,
+                                                 "--judge-model": args.judge_model if args.judge != "rule" else None})
     print(f"recipe {recipe}: targets {'sampled ' + str(sampling) if args.temperature else 'greedy'}")
 
     judge = llm_judge.make_judge(args.judge, args.judge_model, args.judge_url, own=(model, tok, str(args.model)),
@@ -183,6 +190,9 @@ def run(argv: list[str]) -> int:
                 "sampling": {"do_sample": args.temperature > 0, **sampling, "max_new_tokens": args.max_new_tokens},
                 "max_new_tokens": args.max_new_tokens, "lora": asdict(lora_settings), "max_len": args.max_len,
                 "loss": loss_identity(), "quality_rule": quality,
+                # what the targets depend on, by content: the model's files, and the examples used (ids are line
+                # positions: a data file edited in place must not keep its old targets)
+                "model_sha256": content_digest(resolve_model_dir(args.model)), "data_sha256": data_digest(examples),
                 "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}, **judged_by},
                 str(out))
         try:

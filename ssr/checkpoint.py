@@ -9,6 +9,7 @@ at random init is an error naming it.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -115,6 +116,8 @@ def read_json(path: Path, what: str = "file") -> dict:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: not a valid JSON {what} ({e})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a valid JSON {what} (nested too deeply)") from None
     if not isinstance(value, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(value).__name__}")
     return value
@@ -255,9 +258,21 @@ def atomic_dir(final: Path):
     tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    yield tmp
-    for path in [*tmp.rglob("*"), tmp]:
-        fsync(path)
+    try:
+        yield tmp
+        for path in [*tmp.rglob("*"), tmp]:
+            fsync(path)
+    except (OSError, RuntimeError) as e:  # a full disk: torch.save says only "basic_ios::clear: iostream error"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, RuntimeError) and not any(w in str(e) for w in ("iostream", "write", "Write")):
+            raise
+        cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:120]
+        free = shutil.disk_usage(final.parent).free // 2**20
+        raise OSError(getattr(e, "errno", None) or errno.EIO, f"{final}: could not be written ({cause}; "
+                      f"{free} MiB free on its disk); the previous one, if any, is unchanged") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)

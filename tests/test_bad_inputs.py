@@ -14,6 +14,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from safetensors.torch import load_file, save_file
 
 import evaluate
 import generate
@@ -83,6 +84,40 @@ def inputs(tmp_path_factory):
     f.same_limit.write_text(json.dumps({"settings": {"limit": 4}, "results": result}))
     f.bad_json = d / "bad.json"
     f.bad_json.write_text('{"results": ')
+    f.nan_score = d / "nan.json"
+    f.nan_score.write_text('{"settings": {"limit": 4}, "results": {"mmlu": {"acc": NaN, "n": 4}}}')
+    for name, settings, n in (("other_tokens", {"limit": 4, "max_new_tokens": 20}, 4), ("other_n", {"limit": 4}, 8),
+                              ("other_judge", {"limit": 4, "judge": {"judge": "llm", "model": "m"}}, 4)):
+        setattr(f, name, d / f"{name}.json")
+        getattr(f, name).write_text(json.dumps({"settings": settings, "results": {"mmlu": dict(result["mmlu"], n=n)}}))
+    f.mbpp_no_tests = jsonl(d / "mbpp_empty.jsonl", [{"task_id": 11, "text": "add", "code": "def f(a, b): return a + b",
+                                                      "test_list": []}])
+    f.mbpp_humaneval = jsonl(d / "humaneval.jsonl", [{"task_id": "HumanEval/1", "text": "add", "code": "x = 1",
+                                                      "test_list": ["assert x == 1"]}])
+    f.no_number = jsonl(d / "nonum.jsonl", [GSM8K[0], {"question": "what is it", "answer": "It is unknown.\n####"}])
+    f.surrogate = jsonl(d / "surrogate.jsonl", [GSM8K[0], '{"question": "caf\\ud800", "answer": "#### 1"}'])
+    f.nested = jsonl(d / "deep.jsonl", [GSM8K[0], "[" * 100_000])
+    squad = {"version": "v2.0", "data": [{"title": "t", "paragraphs": [{"context": "Paris is in France.", "qas": [
+        {"id": "q1", "question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}],
+         "is_impossible": False}]}]}]}
+    f.squad = d / "squad.json"
+    f.squad.write_text(json.dumps(squad))
+    for name, edit in (("squad_no_id", lambda q, p: q.pop("id")), ("squad_no_text", lambda q, p: q["answers"][0].pop("text")),
+                       ("squad_no_paragraphs", lambda q, p: p.clear())):
+        broken = json.loads(json.dumps(squad))
+        edit(broken["data"][0]["paragraphs"][0]["qas"][0], broken["data"][0])
+        setattr(f, name, d / f"{name}.json")
+        getattr(f, name).write_text(json.dumps(broken))
+    shutil.copytree(d / "adapter", d / "null_adapter")
+    config = json.loads((d / "adapter" / "adapter_config.json").read_text())
+    (d / "null_adapter" / "adapter_config.json").write_text(json.dumps(dict(config, r=None)))
+    weights = load_file(d / "adapter" / "adapter_model.safetensors")
+    first = sorted(weights)[0]
+    weights[first][0, 0] = float("nan")
+    (d / "nan_adapter").mkdir()
+    shutil.copy(d / "adapter" / "adapter_config.json", d / "nan_adapter")
+    save_file(weights, d / "nan_adapter" / "adapter_model.safetensors")
+    f.null_adapter, f.nan_adapter, f.nan_tensor = d / "null_adapter", d / "nan_adapter", first
     return f
 
 
@@ -219,6 +254,51 @@ CASES = [
      ["--compare", "sft.json"]),
     ("compare-malformed-file", "evaluate", lambda f: ["--compare", str(f.base_json), str(f.bad_json)], 1,
      ["bad.json", "not a valid JSON"]),
+    ("compare-nan-score", "evaluate", lambda f: ["--compare", str(f.base_json), str(f.nan_score)], 1,
+     ["nan.json", "'mmlu'", "no finite score"]),
+    ("compare-other-max-new-tokens", "evaluate", lambda f: ["--compare", str(f.base_json), str(f.other_tokens)], 1,
+     ["different --max-new-tokens", "other_tokens.json: 20"]),
+    ("compare-other-judge", "evaluate", lambda f: ["--compare", str(f.base_json), str(f.other_judge)], 1,
+     ["different --judge", "'llm'"]),
+    ("compare-other-n", "evaluate", lambda f: ["--compare", str(f.base_json), str(f.other_n)], 1,
+     ["'mmlu'", "different numbers of items", "base: n=4", "other_n: n=8"]),
+    # an --out that is (or lies inside) an input: refused before anything is written, the input untouched
+    ("gen-out-is-the-task-file", "generate", lambda f: swap(G(f), "--out", str(f.gsm8k)), 1,
+     ["--out", "is --task-file", "gsm8k.jsonl", "destroy an input"]),
+    ("gen-out-inside-the-model", "generate", lambda f: swap(G(f), "--out", str(f.model / "pred.jsonl")), 1,
+     ["lies inside --model"]),
+    ("judge-out-is-the-predictions", "judge", lambda f: swap(J(f), "--out", str(f.pred)), 1,
+     ["is --predictions", "pred.jsonl"]),
+    ("train-out-is-the-model-folder", "train", lambda f: swap(T(f), "--out", str(f.model)), 1, ["is --model"]),
+    ("eval-out-is-the-task-file", "evaluate", lambda f: swap(E(f), "--out", str(f.gsm8k)), 1,
+     ["is --tasks gsm8k=", "gsm8k.jsonl"]),
+    ("eval-out-is-the-squad-json", "evaluate", lambda f: swap(swap(E(f), "--tasks", f"squad2={f.squad}"), "--out",
+                                                               str(f.squad)), 1, ["is --tasks squad2=", "squad.json"]),
+    # records no judge may accept, and files the loaders must name
+    ("gen-mbpp-without-tests", "generate", lambda f: swap(G(f), "--task-file", str(f.mbpp_no_tests)), 1,
+     ["mbpp_empty.jsonl:1", "'test_list'", "no assert"]),
+    ("gen-mbpp-task-id-not-a-number", "generate", lambda f: swap(G(f), "--task-file", str(f.mbpp_humaneval)), 1,
+     ["humaneval.jsonl:1", "'task_id'", "HumanEval/1"]),
+    ("gen-gsm8k-gold-without-number", "generate", lambda f: swap(G(f), "--task-file", str(f.no_number)), 1,
+     ["nonum.jsonl:2", "'answer'", "#### N"]),
+    ("train-gsm8k-gold-without-number", "train", lambda f: swap(T(f), "--data", str(f.no_number)), 1,
+     ["nonum.jsonl:2", "'answer'", "final number"]),
+    ("gen-lone-surrogate", "generate", lambda f: swap(G(f), "--task-file", str(f.surrogate)), 1,
+     ["surrogate.jsonl:2", "'question'", "lone surrogate"]),
+    ("gen-nested-too-deeply", "generate", lambda f: swap(G(f), "--task-file", str(f.nested)), 1,
+     ["deep.jsonl:2", "nested too deeply"]),
+    ("eval-squad-without-id", "evaluate", lambda f: swap(E(f), "--tasks", f"squad2={f.squad_no_id}"), 1,
+     ["squad_no_id.json", "qas[0]", "'id'"]),
+    ("eval-squad-answer-without-text", "evaluate", lambda f: swap(E(f), "--tasks", f"squad2={f.squad_no_text}"), 1,
+     ["squad_no_text.json", "answers[0]", "'text'"]),
+    ("eval-squad-without-paragraphs", "evaluate", lambda f: swap(E(f), "--tasks", f"squad2={f.squad_no_paragraphs}"),
+     1, ["squad_no_paragraphs.json", "data[0]", "'paragraphs'"]),
+    ("gen-adapter-null-r", "generate", lambda f: G(f, "--adapter", str(f.null_adapter)), 1,
+     ["null_adapter/adapter_config.json", "'r'", "null"]),
+    ("gen-adapter-nan-weights", "generate", lambda f: G(f, "--adapter", str(f.nan_adapter)), 1,
+     ["nan_adapter/adapter_model.safetensors", "NaN"]),
+    ("eval-adapter-nan-weights", "evaluate", lambda f: E(f, "--adapter", str(f.nan_adapter)), 1,
+     ["nan_adapter/adapter_model.safetensors", "NaN"]),
 ]
 
 
@@ -334,15 +414,18 @@ def test_one_writer_per_output_and_no_stale_lock(tmp_path):
         pass
 
 
-SLOW = ("import sys, time\nimport ssr.sampling as s\ncomplete = s.complete\n"
-        "s.complete = lambda *a, **k: (time.sleep(0.15), complete(*a, **k))[1]\n"
-        "import generate\nsys.exit(generate.main(sys.argv[1:]))")
+GATED = ("import os, sys, time\nimport ssr.sampling as s\ncomplete, calls = s.complete, [0]\n"
+         "def gated(*a, **k):\n    calls[0] += 1\n"
+         "    while calls[0] > int(os.environ['FREE']) and os.path.exists(os.environ['GATE']):\n"
+         "        time.sleep(0.01)\n    return complete(*a, **k)\n"
+         "s.complete = gated\nimport generate\nsys.exit(generate.main(sys.argv[1:]))")
 
 
-def slow_generate(inputs, out, n):
-    """generate.py with every batch slowed to at least 0.15 s, so that a signal lands mid-run."""
+def gated_generate(inputs, out, n):
+    """generate.py, one example per batch, whose batches after the first $FREE wait while the file $GATE exists:
+    a signal lands mid-run however fast or slow the machine is (the test waits for a condition, never a time)."""
     task = jsonl(inputs.dir / f"many{n}.jsonl", [GSM8K[i % len(GSM8K)] for i in range(n)])
-    return [sys.executable, "-c", SLOW, "--model", str(inputs.model), "--task-file", str(task), "--out", str(out),
+    return [sys.executable, "-c", GATED, "--model", str(inputs.model), "--task-file", str(task), "--out", str(out),
             "--batch-size", "1", "--max-new-tokens", "4", "--device", "cpu", "--quiet"]
 
 
@@ -357,9 +440,11 @@ def wait_for(condition, what: str, seconds: float = 120):
 
 
 def test_two_copies_on_one_out_then_a_kill_leaves_no_stale_lock(inputs, tmp_path):
-    out = tmp_path / "pred.jsonl"
-    cmd = slow_generate(inputs, out, 30)
-    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV) for _ in range(2)]
+    out, gate = tmp_path / "pred.jsonl", tmp_path / "gate"
+    gate.touch()  # the holder writes one record, then waits: it cannot finish before the other is refused
+    cmd = gated_generate(inputs, out, 30)
+    env = dict(ENV, GATE=str(gate), FREE="1")
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env) for _ in range(2)]
     wait_for(lambda: any(p.poll() is not None for p in procs), "neither copy was refused")
     refused, holder = sorted(procs, key=lambda p: p.poll() is None)
     assert refused.returncode == 1 and holder.poll() is None  # one runs, the other is refused
@@ -376,19 +461,21 @@ def test_two_copies_on_one_out_then_a_kill_leaves_no_stale_lock(inputs, tmp_path
 
 
 def test_ctrl_c_says_what_was_kept_and_the_rerun_is_exact(inputs, tmp_path):
-    straight, resumed = tmp_path / "straight.jsonl", tmp_path / "resumed.jsonl"
-    assert generate.main(slow_generate(inputs, straight, 10)[3:]) == 0  # never interrupted (and not slowed)
-    proc = subprocess.Popen(slow_generate(inputs, resumed, 10), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=ENV)
+    straight, resumed, gate = tmp_path / "straight.jsonl", tmp_path / "resumed.jsonl", tmp_path / "gate"
+    assert generate.main(gated_generate(inputs, straight, 10)[3:]) == 0  # never interrupted (in process: no gate)
+    gate.touch()  # two batches go through, the third waits: SIGINT lands while it waits
+    proc = subprocess.Popen(gated_generate(inputs, resumed, 10), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(ENV, GATE=str(gate), FREE="2"))
     wait_for(lambda: resumed.is_file() and resumed.read_bytes().count(b"\n") >= 2, "nothing written in time")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     err = proc.stderr.read().decode()
     proc.stderr.close()
-    kept = len(read_records(resumed))
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert err == f"interrupted: {kept} records kept in {resumed}; rerun the same command to continue\n"
-    assert 2 <= kept < 10
-    subprocess.run(slow_generate(inputs, resumed, 10), env=ENV, check=True, timeout=300, capture_output=True)
+    assert err == f"interrupted: 2 records kept in {resumed}; rerun the same command to continue\n"
+    assert len(read_records(resumed)) == 2
+    gate.unlink()
+    subprocess.run(gated_generate(inputs, resumed, 10), env=dict(ENV, GATE=str(gate), FREE="0"), check=True,
+                   timeout=300, capture_output=True)
     records = read_records(resumed)
     assert len(records) == 10 and {r["id"]: r for r in records} == {r["id"]: r for r in read_records(straight)}

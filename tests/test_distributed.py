@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 
 import evaluate
 import generate
+import judge
 import ssr
 import train
 from conftest import ROOT
@@ -43,14 +45,14 @@ def setup(tmp_path_factory):
     return root
 
 
-def torchrun(script, *args, wait=True):
+def torchrun(script, *args, wait=True, code=0):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, *args]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if not wait:
         return proc
-    out = proc.communicate(timeout=120)[0]
-    assert proc.returncode == 0, out
+    out = proc.communicate(timeout=180)[0]
+    assert (proc.returncode == 0) == (code == 0), out
     return out
 
 
@@ -63,6 +65,14 @@ def test_generate_and_evaluate_equal_one_process(setup, tmp_path):
     kept = [dict(r, output="kept") for r in one[2:5]]
     (tmp_path / "two.rank3.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept[:2]) + '{"id": "9", "mo')
     (tmp_path / "two.rank0.jsonl").write_text(json.dumps(kept[2]) + "\n")
+    made_with = {"mode": "predict", "recipe": "project", "max_new_tokens": 8, "temperature": 0.0, "top_k": 0,
+                 "top_p": 1.0, "seed": None, "stop": []}
+    # parts carry the settings they were made with: parts of 100-token records are never merged into 8-token ones
+    (tmp_path / "two.parts.json").write_text(json.dumps(dict(made_with, max_new_tokens=100)))
+    refused = torchrun("generate.py", *common, "--out", str(tmp_path / "two.jsonl"), code=1)
+    assert "two.rank0.jsonl, two.rank3.jsonl of an interrupted run were made with other settings " \
+           "(max_new_tokens: 100 -> 8)" in refused and not (tmp_path / "two.jsonl").exists()
+    (tmp_path / "two.parts.json").write_text(json.dumps(made_with))
     torchrun("generate.py", *common, "--out", str(tmp_path / "two.jsonl"))
     two = read_records(tmp_path / "two.jsonl")
     assert len(one) == len(QUESTIONS) and two == one[:2] + kept + one[5:]  # ids, outputs, order
@@ -82,12 +92,18 @@ def test_generate_and_evaluate_equal_one_process(setup, tmp_path):
     assert verdicts[0] == verdicts[1] and len(verdicts[0]) == len(QUESTIONS)
 
 
-# each step slowed so that the kill lands mid-run; every rank notes its pid so that the test can kill rank 1
+# steps after the fifth wait while the file "gate" exists, so that the kill lands mid-run however fast the machine
+# is; every rank notes its pid so that the test can kill rank 1
 SLOW_TRAIN = """import os, sys, time
 open(os.path.join(sys.argv[1], "pid." + os.environ.get("RANK", "0")), "w").write(str(os.getpid()))
 import ssr.trainer as t
-step = t.train_step
-t.train_step = lambda *a, **k: (time.sleep(0.4), step(*a, **k))[1]
+step, calls = t.train_step, [0]
+def gated(*a, **k):
+    calls[0] += 1
+    while calls[0] > 5 and os.path.exists(os.path.join(sys.argv[1], "gate")):
+        time.sleep(0.01)
+    return step(*a, **k)
+t.train_step = gated
 import train
 sys.exit(train.main(sys.argv[2:]))
 """
@@ -104,6 +120,7 @@ def test_killed_rank_ends_the_job_and_the_rerun_ends_as_one_process(setup, tmp_p
 
     (tmp_path / "slow_train.py").write_text(SLOW_TRAIN)
     argv = [str(tmp_path / "slow_train.py"), str(tmp_path), *args, "--out", str(tmp_path / "two")]
+    (tmp_path / "gate").touch()
     proc = torchrun(*argv, wait=False)
     metrics, deadline = tmp_path / "two" / "metrics.jsonl", time.monotonic() + 90
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 5):
@@ -116,6 +133,7 @@ def test_killed_rank_ends_the_job_and_the_rerun_ends_as_one_process(setup, tmp_p
     assert "Signal 9" in out or "SIGKILL" in out, out  # torchrun names the dead rank
     assert json.loads((tmp_path / "two" / "checkpoint" / "state.json").read_text())["world_size"] == 2
 
+    (tmp_path / "gate").unlink()
     out = torchrun(*argv)  # the same command continues
     assert "resuming" in out and out.count("adapter:") == 1, out  # rank 0 alone prints
     a = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
@@ -175,3 +193,95 @@ def test_a_step_is_normalised_by_the_tokens_of_all_ranks(setup, tmp_path):
         assert s["tokens"] == 11 and abs(s["loss"] - stats["loss"]) <= 1e-6
         assert max((w[k] - weights[k]).abs().max().item() for k in weights) <= 1e-6
     assert abs(local["loss"] - stats["loss"]) > 1e-3  # normalising per rank would give another loss
+
+
+# ---------------------------------------------------------------------------------------------------------
+# LLM judging: the answers split among the ranks, each judged once, merged as one process would write them
+
+JUDGE_RANK = """import os, sys
+open(os.path.join(sys.argv[1], "pid." + os.environ.get("RANK", "0")), "w").write(str(os.getpid()))
+import judge
+sys.exit(judge.main(sys.argv[2:]))
+"""
+
+
+def test_llm_judging_under_torchrun_equals_one_process(setup, tmp_path):
+    """judge.py --judge llm against a loopback endpoint on 2 ranks: every answer is asked once (not once per rank)
+    and the verdicts equal one process's; with rank 1 killed mid-way (the endpoint holds its replies after 6, so
+    the kill lands there however fast the machine is) the same command resumes to them too. train.py --method ssr
+    --judge llm on 2 ranks: each answer judged once, the one-process verdicts and targets."""
+    from test_llm_judge import ChatServer
+    n = 20
+    task = tmp_path / "task.jsonl"
+    task.write_text("".join(json.dumps({"id": f"q{i}", "question": f"What is {i} + 1?", "answer": [str(i + 1)]})
+                            + "\n" for i in range(n)))
+    predictions = tmp_path / "pred.jsonl"
+    predictions.write_text("".join(json.dumps({"id": f"q{i}", "mode": "predict", "output": str(i + (i % 3 > 0))})
+                                   + "\n" for i in range(n)))
+    hold, release = [None], threading.Event()
+
+    def answer(body):  # a deterministic judge of what it is shown; after `hold` replies it waits to be released
+        if hold[0] is not None and len(server.requests) > hold[0]:
+            release.wait(120)
+        text = body["messages"][0]["content"]
+        nq = "Reference answers (any one is right): " in text  # judge.py's NQ records; else train.py's sums
+        said = text.split("Response: ")[1].split("\n")[0] if nq else text
+        gold = text.split("Reference answers (any one is right): ")[1].split("\n")[0] if nq else ""
+        word = "CORRECT" if said == gold or sum(map(ord, text)) % 3 == 0 else "INCORRECT"
+        return 200, f"Comparing.\nVerdict: {word}"
+
+    server = ChatServer(answer)
+    common = ["--task-file", str(task), "--predictions", str(predictions), "--judge", "llm", "--judge-url",
+              server.url, "--judge-model", "m"]
+    by_id = lambda path: {v["id"]: v for v in read_records(path)}  # noqa: E731
+    try:
+        assert judge.main(common + ["--out", str(tmp_path / "one.jsonl")]) == 0
+        one = by_id(tmp_path / "one.jsonl")
+        assert len(one) == n and len(server.requests) == n
+
+        server.requests.clear()
+        torchrun("judge.py", *common, "--out", str(tmp_path / "two.jsonl"))
+        assert len(server.requests) == n  # every answer asked once, not once per rank
+        two = read_records(tmp_path / "two.jsonl")
+        assert [v["id"] for v in two] == [f"q{i}" for i in range(n)]  # merged in the records' order
+        assert by_id(tmp_path / "two.jsonl") == one
+
+        # rank 1 killed while the endpoint holds the replies after the sixth; the same command resumes
+        server.requests.clear()
+        hold[0] = 6
+        (tmp_path / "judge_rank.py").write_text(JUDGE_RANK)
+        argv = [str(tmp_path / "judge_rank.py"), str(tmp_path), *common, "--out", str(tmp_path / "three.jsonl")]
+        proc = torchrun(*argv, wait=False)
+        parts = lambda: sum(p.read_text().count("\n") for p in tmp_path.glob("three.rank*.jsonl"))  # noqa: E731
+        deadline = time.monotonic() + 120
+        while parts() < 6:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+            time.sleep(0.02)
+        os.kill(int((tmp_path / "pid.1").read_text()), signal.SIGKILL)
+        out = proc.communicate(timeout=60)[0]
+        assert proc.returncode != 0, out
+        release.set()
+        assert parts() == 6 and not (tmp_path / "three.jsonl").exists()
+        asked = len(server.requests)
+        torchrun(*argv)
+        assert by_id(tmp_path / "three.jsonl") == one and len(read_records(tmp_path / "three.jsonl")) == n
+        assert len(server.requests) - asked <= n - 6  # what the parts held is not asked again
+        assert not list(tmp_path.glob("three.rank*")) and not (tmp_path / "three.parts.json").exists()
+
+        # train.py: the targets come from the merged verdicts, the same on every rank and as in one process
+        hold[0] = None
+        args = ["--method", "ssr", "--task", "gsm8k", "--data", str(setup / "sums.jsonl"), "--model",
+                str(setup / "model"), "--epochs", "1", "--max-new-tokens", "8", "--batch-size", "4", "--judge", "llm",
+                "--judge-url", server.url, "--judge-model", "m", "--keep-answer-only"]
+        server.requests.clear()
+        assert train.main(args + ["--out", str(tmp_path / "run1")]) == 0
+        assert len(server.requests) == len(QUESTIONS)
+        server.requests.clear()
+        torchrun("train.py", *args, "--out", str(tmp_path / "run2"))
+        assert len(server.requests) == len(QUESTIONS)  # not once per rank
+    finally:
+        release.set()
+        server.close()
+    for name in ("predict.jsonl", "targets.jsonl"):
+        assert read_records(tmp_path / "run2" / name) == read_records(tmp_path / "run1" / name), name
+    assert by_id(tmp_path / "run2" / "predict.verdicts.jsonl") == by_id(tmp_path / "run1" / "predict.verdicts.jsonl")

@@ -263,8 +263,12 @@ def test_a_killed_judge_run_resumes_without_duplicate_or_missing_ids(tmp_path):
     predictions.write_text("".join(json.dumps({"id": f"q{i}", "mode": "predict", "output": str(i + (i % 3 > 0))})
                                    + "\n" for i in range(n)))
 
-    def answer(body):  # the "judge" compares the numbers it is shown, slowly
-        time.sleep(0.05)
+    answered, release = [], threading.Event()
+
+    def answer(body):  # the "judge" compares the numbers it is shown; after 8 replies it waits to be released
+        answered.append(1)
+        if len(answered) > 8:
+            release.wait(120)
         text = body["messages"][0]["content"]
         said = text.split("Response: ")[1].split("\n")[0]
         gold = text.split("Reference answers (any one is right): ")[1].split("\n")[0]
@@ -277,19 +281,21 @@ def test_a_killed_judge_run_resumes_without_duplicate_or_missing_ids(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     try:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if out.exists() and 0 < len(out.read_text().splitlines()) < n:
-                break
+        deadline = time.monotonic() + 120  # waits for a condition: the 8 replies given are on file
+        while not (out.exists() and len(out.read_text().splitlines()) >= 8):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        proc.stderr.close()
+        release.set()
         first = [json.loads(line)["id"] for line in out.read_text().splitlines() if line.strip()]
-        assert 0 < len(first) < n, f"the kill did not land mid-way ({len(first)} verdicts)"
+        assert len(first) == 8, f"the kill did not land mid-way ({len(first)} verdicts)"
         asked = len(server.requests)
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
     finally:
+        release.set()
         server.close()
     verdicts = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(v["id"] for v in verdicts) == sorted(f"q{i}" for i in range(n))  # each id once

@@ -134,9 +134,13 @@ def train_args(folder, data, out, *extra):
             "--lora-modules", "q_proj,v_proj,down_proj", "--lr", "1e-2", *extra]
 
 
-SLOW_STEPS = ("import sys, time\nimport ssr.trainer as t\nstep = t.train_step\n"
-              "t.train_step = lambda *a, **k: (time.sleep(0.3), step(*a, **k))[1]\n"
-              "import train\nsys.exit(train.main(sys.argv[1:]))")
+# train.py whose steps after the fifth wait while the file $GATE exists: the kill lands after step 5 however
+# slow or fast the machine is (a condition, not a duration)
+GATED_STEPS = ("import os, sys, time\nimport ssr.trainer as t\nstep, calls = t.train_step, [0]\n"
+               "def gated(*a, **k):\n    calls[0] += 1\n"
+               "    while calls[0] > 5 and os.path.exists(os.environ['GATE']):\n        time.sleep(0.01)\n"
+               "    return step(*a, **k)\n"
+               "t.train_step = gated\nimport train\nsys.exit(train.main(sys.argv[1:]))")
 
 
 def test_killed_run_resumes_to_the_same_adapter(tmp_path, capsys):
@@ -149,9 +153,12 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path, capsys):
 
     assert train_py.main(train_args(folder, data, tmp_path / "straight", "--save-merged")) == 0
     assert (tmp_path / "straight" / "merged" / "model.safetensors").is_file()
-    # each step slowed to 0.3 s by the wrapper, so the kill lands between step 5 and step 6's checkpoint
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_STEPS, *train_args(folder, data, tmp_path / "resumed")],
-                            env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # step 6 waits at the gate, so the kill lands between step 5 and step 6's checkpoint
+    gate = tmp_path / "gate"
+    gate.touch()
+    proc = subprocess.Popen([sys.executable, "-c", GATED_STEPS, *train_args(folder, data, tmp_path / "resumed")],
+                            env=dict(os.environ, PYTHONPATH=ROOT, GATE=str(gate)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
     metrics, deadline = tmp_path / "resumed" / "metrics.jsonl", time.monotonic() + 120
     while not (metrics.is_file() and metrics.read_text().count("\n") >= 5):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
@@ -163,7 +170,7 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path, capsys):
     assert train_py.main(train_args(folder, data, tmp_path / "resumed")) == 0  # the same command continues
     assert "resuming" in capsys.readouterr().out
     assert train_py.main(train_args(folder, data, tmp_path / "resumed", "--limit", "3")) == 1  # not another run
-    assert "other settings (limit: None -> 3)" in capsys.readouterr().err
+    assert "other settings (limit: None -> 3; data_sha256: " in capsys.readouterr().err  # fewer examples used
 
     a = load_file(tmp_path / "straight" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "resumed" / "adapter" / "adapter_model.safetensors")

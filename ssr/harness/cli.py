@@ -12,10 +12,12 @@ the traceback instead.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -109,6 +111,45 @@ def require_chat_template(tok, model: str) -> None:
     if tok.chat_template is None:
         raise ValueError(f"--model {model}: its tokenizer has no chat template this project recognises; "
                          f"pass --chat-template, one of {', '.join(TEMPLATES)}")
+
+
+def load_adapter(model, folder) -> None:
+    """`lora.load_adapter` for the scripts' --adapter, with what it does not check named by file and field: an
+    adapter_config.json whose r, lora_alpha or lora_dropout is null or not a number (PEFT writes null for
+    "unset" elsewhere), and weights that are not finite (a diverged run's adapter would score as a model)."""
+    from ssr import lora
+    from ssr.checkpoint import read_json
+    path = Path(folder) / lora.CONFIG_FILE
+    cfg = read_json(path, "adapter config") if path.is_file() else {"r": 1, "lora_alpha": 1}  # missing: lora says so
+    for key, low, zero_ok in (("r", 1, False), ("lora_alpha", 0, False), ("lora_dropout", 0, True)):
+        value = cfg.get(key, 0.0 if zero_ok else None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < low or (value == low and not zero_ok) or (key == "r" and not isinstance(value, int)):
+            raise ValueError(f"{path}: field {key!r} must be a {'whole ' if key == 'r' else ''}number "
+                             f"{'>= 0' if zero_ok else '> 0'}, got {json.dumps(value)}")
+    lora.load_adapter(model, folder)
+    for name, tensor in lora.peft_tensors(model).items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{Path(folder) / lora.WEIGHTS_FILE}: tensor {name} holds NaN or infinite values "
+                             "(a diverged training run?); this adapter cannot be scored or used")
+
+
+def refuse_output_over_inputs(out, written, inputs: dict[str, object]) -> None:
+    """Nothing a script writes may be one of its inputs or lie inside an input folder: `--out` equal to the task
+    file would append answers to the questions, evaluate.py's results would replace a SQuAD .json, a run folder
+    inside the model folder would mix with its files. written: every path the script writes for `--out` (the
+    output, its settings and lock files, files beside it); inputs: {"--flag": path or None}, paths that do not
+    exist (a model's name) being no files. Checked before anything is written; symlinks are followed."""
+    sources = {flag: Path(str(value)).expanduser().resolve() for flag, value in inputs.items()
+               if value is not None and Path(str(value)).expanduser().exists()}
+    for path in written:
+        target = Path(path).expanduser().resolve()
+        for flag, source in sources.items():
+            if target == source or (source.is_dir() and source in target.parents):
+                shown = "" if Path(path) == Path(out) else f" ({Path(path).name}, written for it)"
+                where = "is" if target == source else "lies inside"
+                raise ValueError(f"--out {out}{shown} {where} {flag} {inputs[flag]}: writing it would destroy an "
+                                 "input; choose an output that is no input")
 
 
 # ---------------------------------------------------------------------------------------------------------

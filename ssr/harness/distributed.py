@@ -22,6 +22,7 @@ different times, so the timeout must outlast that skew: it is long, and dying is
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -175,12 +176,31 @@ def _parts(path: Path) -> list[Path]:
     return sorted(p for p in path.parent.glob(f"{path.stem}.rank*{path.suffix}") if pattern.fullmatch(p.name))
 
 
-def part_records(path) -> list[dict]:
+def part_records(path, settings: dict | None = None) -> list[dict]:
     """The records of every part file of OUT (left by this run or by an interrupted one, with any number of
-    ranks), read by every rank before any rank appends: the ranks must agree on what is left to do."""
+    ranks), read by every rank before any rank appends: the ranks must agree on what is left to do.
+
+    `settings`: what the records are made with (generation's max_new_tokens, the judge...). Parts left by an
+    interrupted run are used only if they were made with the same settings (OUT.parts.json, beside them, which
+    rank 0 writes before any rank appends): else a refusal naming them, never 100-token records merged with
+    20-token ones."""
     if world() == 1:
         return []
-    records = [r for p in _parts(Path(path)) for r in read_records(p)]
+    path = Path(path)
+    parts, sidecar = _parts(path), path.with_name(f"{path.stem}.parts.json")
+    if parts and settings is not None:
+        saved = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+        if saved != json.loads(json.dumps(settings)):
+            changed = "no record of their settings" if saved is None else "; ".join(
+                f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in json.loads(json.dumps(settings)).items()
+                if saved.get(k) != v) or "other settings"
+            raise ValueError(f"{path}: the part files {', '.join(p.name for p in parts)} of an interrupted run were "
+                             f"made with other settings ({changed}); delete them (and {sidecar.name}) to start "
+                             "over, or rerun with the settings they were made with")
+    records = [r for p in parts for r in read_records(p)]
+    barrier()
+    if is_main() and settings is not None and not parts:
+        runfiles.write_atomic(sidecar, json.dumps(settings))
     barrier()
     return records
 
@@ -201,4 +221,5 @@ def merge_parts(path, order: list, key) -> None:
             append_records(path, sorted(parts.values(), key=lambda r: rank_of.get(key(r), len(order))))
         for p in _parts(path):
             p.unlink()
+        path.with_name(f"{path.stem}.parts.json").unlink(missing_ok=True)
     barrier()

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ssr.harness import distributed, judges, llm_judge, sdft_eval, tasks
-from ssr.harness.runfiles import check_settings, read_records, write_atomic
+from ssr.checkpoint import read_json
+from ssr.harness.runfiles import check_settings, data_digest, read_records, write_atomic
 from ssr.harness.records import generate_records
 from ssr.harness.tasks import TASKS, load_task
 
@@ -448,7 +449,9 @@ def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, ba
     """Score every benchmark, writing out_path (JSON) after each; those already in it are kept, not rerun.
     benchmarks: {name: list of Examples (target task, by generation) or of MCQuestions (log-likelihood)}.
     Generations and verdicts are kept beside out_path ({stem}.{name}.predictions.jsonl, ...), so an
-    interrupted target task resumes too. Rerunning with other settings is refused ({stem}.settings.json).
+    interrupted target task resumes too. Rerunning with other settings is refused ({stem}.settings.json), and a
+    finished benchmark is kept only for the very items it was scored on ("data_sha256" in its result: a task
+    file edited, another --data-dir or NAME=FILE is refused by name, never a stale score).
     labels: {name: {"metric": ..., "kind": ...}} set in a benchmark's result (a paper's own metric, and whether
     the paper counts it as a target task or a retention benchmark); see `paper_labels`."""
     out_path = Path(out_path)
@@ -456,9 +459,16 @@ def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, ba
     # before anything is generated: the predictions beside out_path belong to these settings only
     with distributed.main_first():  # one writer under torchrun
         check_settings(f"{stem}.settings.json", settings, str(out_path))
-    results = json.loads(out_path.read_text()).get("results", {}) if out_path.is_file() else {}
+    results = read_json(out_path, "results file").get("results", {})
+    if not isinstance(results, dict):
+        raise ValueError(f"{out_path}: 'results' is not an object; delete it to start over")
     for name, items in benchmarks.items():
+        digest = data_digest(items)  # a finished score is kept only for the very items it was scored on
         if name in results:
+            if not isinstance(results[name], dict) or results[name].get("data_sha256") != digest:
+                raise ValueError(f"{out_path}: benchmark {name!r} was scored on other data than this run's (its "
+                                 "task file, --data-dir or sample changed since); delete it from the file, or use "
+                                 "another --out")
             continue
         if items and isinstance(items[0], MCQuestion):
             results[name] = score_questions(model, tok, items, batch_tokens=batch_tokens, progress=progress, desc=name)
@@ -471,6 +481,7 @@ def run_benchmarks(model, tok, benchmarks: dict, out_path, settings: dict, *, ba
             results[name] = score_generations(model, tok, items, f"{stem}.{name}", batch_size=batch_size,
                                               max_new_tokens=max_new_tokens, nq_mode=nq_mode, judge=judge,
                                               progress=progress)
+        results[name]["data_sha256"] = digest
         if distributed.is_main():
             write_atomic(out_path, json.dumps({"settings": settings, "results": results}, indent=2))
     for name, fields in (labels or {}).items():

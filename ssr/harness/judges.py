@@ -12,14 +12,17 @@ output that states only its final answer may not).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict
 from typing import Callable, Iterator, Sequence
 
 from tqdm import tqdm
 
-from ssr.harness import distributed
-from ssr.harness.runfiles import append_records, read_records
+from ssr.harness.records import record_key, resume_records
+from ssr.harness.runfiles import read_records
 from ssr.harness.tasks import TASK_FILES, Example, Verdict
 from ssr.harness.tasks.gsm8k import extract_number, gsm8k  # noqa: F401
 from ssr.harness.tasks.mbpp import DEFAULT_TIMEOUT, extract_code, mbpp, mbpp_batch  # noqa: F401
@@ -60,46 +63,46 @@ def judge_batch(examples: Sequence[Example], outputs: Sequence[str], **options) 
 
 
 def judge_records(examples: dict[str, Example], records: Sequence[dict], out_path, *, progress: bool = True,
-                  **options) -> list[dict]:
+                  nq_mode: str = "contains", timeout: float = DEFAULT_TIMEOUT, workers: int | None = None,
+                  batch_size: int = 32) -> list[dict]:
     """Judge generate.py records ({"id", "mode", "output", ...}) into a resumable verdicts JSONL file.
 
-    Appends {"id", "mode", "task", "correct", "kind", "reason", "unfit"} for each (id, mode) that `out_path`
-    lacks, as verdicts finish ("unfit": `unfit_target`'s reason, or null); returns the verdict records of
-    `records`, in their order. Records whose id is not in `examples` are an error.
+    Appends {"id", "mode", "task", "correct", "kind", "reason", "unfit", "judged"} for each (id, mode) that
+    `out_path` lacks, as verdicts finish ("unfit": `unfit_target`'s reason, or null; "judged": `judged_digest`
+    of the example and the output, so that a kept verdict of another question or answer is refused on a rerun);
+    returns the verdict records of `records`, in their order. Records whose id is not in `examples` are an
+    error. Resumable and shared under torchrun by `ssr.harness.records.resume_records`.
     """
-    key = record_key
-    pending = pending_records(examples, records, read_records(out_path))
-    # under torchrun: what no rank's part file holds yet, dealt round-robin to the ranks
-    in_parts = {key(v) for v in distributed.part_records(out_path)}
-    todo = [r for r in pending if key(r) not in in_parts][distributed.rank()::distributed.world()]
-    verdicts = judge_iter([examples[str(r["id"])] for r in todo], [r["output"] for r in todo], **options)
-    with tqdm(total=len(todo) * distributed.world(), desc="judging", unit="answer",  # rank 0's count x ranks
-              disable=not (progress and distributed.is_main())) as bar:
-        def finished():
-            for i, verdict in verdicts:
-                bar.update(distributed.world())
-                example = examples[str(todo[i]["id"])]
-                yield {"id": example.id, "mode": todo[i].get("mode"), "task": example.task,
-                       "correct": verdict.correct, "kind": verdict.kind, "reason": verdict.reason,
-                       "unfit": unfit_target(example.task, todo[i]["output"])}
-        append_records(distributed.own_part(out_path), finished())
-    distributed.merge_parts(out_path, [key(r) for r in pending], key)
+    def work(batch):
+        for i, verdict in judge_iter([examples[str(r["id"])] for r in batch], [r["output"] for r in batch],
+                                     workers=workers, nq_mode=nq_mode, timeout=timeout):
+            example = examples[str(batch[i]["id"])]
+            yield {"id": example.id, "mode": batch[i].get("mode"), "task": example.task,
+                   "correct": verdict.correct, "kind": verdict.kind, "reason": verdict.reason,
+                   "unfit": unfit_target(example.task, batch[i]["output"]),
+                   "judged": judged_digest(example, batch[i]["output"])}
+
+    resume_records(out_path, pending_records(examples, records), work, batch_size=batch_size, desc="judging",
+                   progress=progress, settings={"judge": "rule", "nq_mode": nq_mode, "timeout": timeout},
+                   stamp=lambda r: {"judged": judged_digest(examples[str(r["id"])], r["output"])})
     return verdicts_in_order(out_path, records)
 
 
-def record_key(record: dict) -> tuple[str, str | None]:
-    """What a generation record and its verdict share: (id, mode)."""
-    return str(record["id"]), record.get("mode")
+def judged_digest(example: Example, output: str) -> str:
+    """A short digest of what a verdict judged: the example (question, gold, tests, passages) and the output.
+    A verdict is kept for a rerun only if its digest is the same: a task file or predictions file changed in
+    place must not keep verdicts of other questions or answers (ids are line positions)."""
+    text = json.dumps([asdict(example), output], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-def pending_records(examples: dict[str, Example], records: Sequence[dict], verdicts: list[dict]) -> list[dict]:
-    """The records no verdict answers yet, each (id, mode) once; a record whose id is not in `examples` is an
-    error. Shared by this module's judge_records and ssr.harness.llm_judge's."""
+def pending_records(examples: dict[str, Example], records: Sequence[dict]) -> list[tuple[tuple, dict]]:
+    """(key, record) of each (id, mode) once, in the records' order; a record whose id is not in `examples` is
+    an error. Shared by this module's judge_records and ssr.harness.llm_judge's."""
     unknown = [r["id"] for r in records if str(r["id"]) not in examples]
     if unknown:
         raise KeyError(f"{len(unknown)} record(s) have ids that are not in the task (e.g. {unknown[0]!r})")
-    done = {record_key(v) for v in verdicts}
-    return list({record_key(r): r for r in records if record_key(r) not in done}.values())
+    return list({record_key(r): r for r in records}.items())
 
 
 def verdicts_in_order(out_path, records: Sequence[dict]) -> list[dict]:

@@ -37,11 +37,10 @@ import urllib.parse
 import urllib.request
 from typing import Iterator, Sequence
 
-from tqdm import tqdm
-
 from ssr import lora
 from ssr.harness import judges
-from ssr.harness.runfiles import append_records, read_records
+from ssr.harness.records import resume_records
+from ssr.harness.runfiles import read_records
 from ssr.harness.tasks import JUDGE, Example, judge_messages
 
 KINDS = ("rule", "llm", "both")  # --judge: the rule judge, the LLM judge, or both must accept
@@ -379,26 +378,28 @@ def judge_records(judge, examples: dict[str, Example], records: Sequence[dict], 
     JSONL file; returns the verdict records of `records`, in their order.
 
     Appends, for each (id, mode) that `out_path` lacks, {"id", "mode", "task", "correct", "kind", "reason",
-    "unfit", "judge": the judge's settings, "judge_prompt": its prompt's name, "judge_output": its raw text},
-    plus "rule": the rule judge's verdict when both must accept. Verdicts are appended as the judge's replies
-    come, `chunk` requests at a time, so a killed run loses at most one chunk; an item the judge fails on is
-    raised, naming it, after the rest of its chunk is appended, and Ctrl-C keeps the replies received, so a
-    rerun resumes after them. A file holding verdicts of another judge is refused, naming both."""
+    "unfit", "judge": the judge's settings, "judge_prompt": its prompt's name, "judge_output": its raw text,
+    "judged": `judges.judged_digest`}, plus "rule": the rule judge's verdict when both must accept. Verdicts are
+    appended as the judge's replies come, `chunk` requests at a time, so a killed run loses at most one chunk;
+    an item the judge fails on is raised, naming it, after the rest of its chunk is appended, and Ctrl-C keeps
+    the replies received, so a rerun resumes after them. A file holding verdicts of another judge is refused,
+    naming both. The loop is `ssr.harness.records.resume_records`: under torchrun the chunks are dealt to the
+    ranks, each answer judged once, and the verdicts merged in the one-process order."""
     existing = read_records(out_path)
     other = next((v.get("judge", {"judge": "rule"}) for v in existing if v.get("judge") != judge.settings), None)
     if other is not None:
         raise ValueError(f"{out_path} holds verdicts of another judge ({_named(other)}); this judge is "
                          f"{_named(judge.settings)}: use another output, or delete it to start over")
-    todo = judges.pending_records(examples, records, existing)
-    with tqdm(total=len(todo), desc="LLM judging", unit="answer", disable=not progress) as bar:
-        for start in range(0, len(todo), chunk):
-            batch = todo[start:start + chunk]
-            cases = [(examples[str(r["id"])], r["output"]) for r in batch]
-            replies = judge.replies([judge_messages(example, output) for example, output in cases],
-                                    [example.id for example, _ in cases])
-            append_records(out_path, (_verdict(judge, batch[i], *cases[i], text, finish_reason)
-                                      for i, text, finish_reason in replies))
-            bar.update(len(batch))
+
+    def work(batch):  # one chunk of requests; replies as they come, an item refused raised after the others
+        cases = [(examples[str(r["id"])], r["output"]) for r in batch]
+        replies = judge.replies([judge_messages(example, output) for example, output in cases],
+                                [example.id for example, _ in cases])
+        return (_verdict(judge, batch[i], *cases[i], text, finish_reason) for i, text, finish_reason in replies)
+
+    resume_records(out_path, judges.pending_records(examples, records), work, batch_size=chunk,
+                   desc="LLM judging", progress=progress, settings={"judge": judge.settings},
+                   stamp=lambda r: {"judged": judges.judged_digest(examples[str(r["id"])], r["output"])})
     return judges.verdicts_in_order(out_path, records)
 
 
@@ -406,7 +407,8 @@ def _verdict(judge, record: dict, example: Example, output: str, text: str, fini
     verdict = parse_verdict(text, finish_reason, output)
     out = {"id": example.id, "mode": record.get("mode"), "task": example.task, "correct": verdict.correct,
            "kind": verdict.kind, "reason": verdict.reason, "unfit": judges.unfit_target(example.task, output),
-           "judge": judge.settings, "judge_prompt": prompt_name(example.task), "judge_output": text}
+           "judge": judge.settings, "judge_prompt": prompt_name(example.task), "judge_output": text,
+           "judged": judges.judged_digest(example, output)}
     if judge.both:  # both must accept; the rule's verdict is kept beside the judge's
         rule = judges.judge(example, output)
         out["rule"] = {"correct": rule.correct, "kind": rule.kind, "reason": rule.reason}

@@ -10,15 +10,16 @@ touches the file: a reader may run while the writer is still busy.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
+import hashlib
 import json
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
-from ssr.checkpoint import atomic_dir, fsync
+from ssr.checkpoint import atomic_dir  # noqa: F401  (the harness imports it from here)
 
 
 def read_records(path: str | Path, *, partial_tail: bool = True) -> list[dict]:
@@ -49,17 +50,38 @@ def numbered_records(path: str | Path, *, partial_tail: bool = True) -> list[tup
                 raise ValueError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise ValueError(f"{path}:{n}: JSON nested too deeply to read") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
+            if b"\\u" in line and (field := lone_surrogate(record)) is not None:
+                raise ValueError(f"{path}:{n}: field {field!r} holds a lone surrogate (a \\ud800-\\udfff escape "
+                                 "without its pair), which is no text: it could not be written back as UTF-8")
             records.append((n, record))
     if tail.strip():
         try:
             record = json.loads(tail)
-        except ValueError:  # a fragment left by a killed writer (bad JSON, or cut inside a UTF-8 character)
+        except (ValueError, RecursionError):  # a fragment left by a killed writer (bad JSON, or cut inside a UTF-8 character)
             record = None
         if isinstance(record, dict):
             records.append((len(lines) + 1, record))
     return records
+
+
+def lone_surrogate(value, name: str = "") -> str | None:
+    """The name of the first field (a path like "messages[0].content") whose text holds a lone UTF-16 surrogate,
+    which json.loads lets through from a "\\ud83d" escape and UTF-8 cannot encode; None if there is none."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return name or "(the value)"
+    elif isinstance(value, dict):
+        return next((f for k, v in value.items() if (f := lone_surrogate(k, name) or lone_surrogate(
+            v, f"{name}.{k}" if name else str(k))) is not None), None)
+    elif isinstance(value, list):
+        return next((f for i, v in enumerate(value) if (f := lone_surrogate(v, f"{name}[{i}]")) is not None), None)
+    return None
 
 
 def append_records(path: str | Path, records: Iterable[dict]) -> int:
@@ -70,24 +92,58 @@ def append_records(path: str | Path, records: Iterable[dict]) -> int:
     _repair_tail(path)
     count = 0
     with open(path, "a", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
+        for record in records:  # outside the try: an error of the records' producer is its own
+            try:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.flush()
+            except OSError as e:  # a full disk: the half line written is cut off by the next append (_repair_tail)
+                raise OSError(e.errno, f"{path}: could not be appended to ({e.strerror or e}) after {count} new "
+                                       "record(s); free some space and rerun to continue") from None
             count += 1
         os.fsync(f.fileno())
     return count
 
 
 def write_atomic(path: str | Path, text: str) -> None:
-    """Replace the file's content all at once: written beside it, synced, then renamed into place."""
+    """Replace the file's content all at once: written beside it, synced, then renamed into place. A write that
+    fails (a full disk) removes its temporary file and names the file and the cause."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share it
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, f"{path}: could not be written ({e.strerror or e}); it is unchanged") from None
+
+
+def content_digest(path: str | Path) -> str:
+    """sha256 of what a file holds, or of a model or adapter folder's weights, configs and tokenizer files (each
+    file's name and bytes; *.safetensors, *.bin, *.json, *.model, *.txt, *.tiktoken at its top level). What a
+    cached result is tied to, rather than a path: a model retrained in place, or another file at the same
+    path, gives another digest. Size and modification time are not enough (a retrained adapter has the same
+    size, and a copy keeps the time), so the bytes are read: about a second per GB."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json", ".model",
+                                                                    ".txt", ".tiktoken"))
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}\0".encode())
+        with open(file, "rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
+def data_digest(items) -> str:
+    """sha256 of the records a step uses (dataclasses or dicts, in order): what its cached result depends on."""
+    rows = [dataclasses.asdict(i) if dataclasses.is_dataclass(i) else i for i in items]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False, sort_keys=True).encode("utf-8", "surrogatepass")
+                          ).hexdigest()
 
 
 def write_records(path: str | Path, records: Iterable[dict]) -> None:
@@ -105,7 +161,8 @@ def check_settings(path: str | Path, settings: dict, what: str, may_change: tupl
         saved = json.loads(path.read_text())
         changed = {k: (saved.get(k), v) for k, v in settings.items() if saved.get(k) != v and k not in may_change}
         if changed:
-            diff = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            shown = lambda v: repr(v[:12] + "...") if isinstance(v, str) and len(v) == 64 else repr(v)  # noqa: E731 (a digest)
+            diff = "; ".join(f"{k}: {shown(old)} -> {shown(new)}" for k, (old, new) in changed.items())
             raise ValueError(f"{what} holds results made with other settings ({diff}); use another output, "
                              "or delete it to start over")
         if saved == settings:

@@ -27,14 +27,14 @@ import json
 import re
 import string
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from ssr.harness import sandbox
-from ssr.harness.recipes import SDFT_SYSTEM_BLOCK, SDFT_TEMPLATES, find_last_integer, hf_clean_up, sdft_check_math
+from ssr.harness.recipes import SDFT_SYSTEM_BLOCK, SDFT_TEMPLATES, hf_clean_up, sdft_check_math
 from ssr.harness.records import check_context
 from ssr.harness.runfiles import append_records, read_records, write_atomic
 from ssr.sampling import complete

@@ -21,6 +21,11 @@ FIELDS = {"question": STR, "answer": STR}
 
 
 def from_record(row: dict, index: int, where: str) -> Example:
+    try:  # the judge compares with this number: a gold without one would stop a run after all its generation
+        _reference_number(row["answer"])
+    except ValueError:
+        raise ValueError(f"{where}: field 'answer' has no final number (a GSM8K solution ends in '#### N'), got "
+                         f"{row['answer'][-60:]!r}") from None
     return Example(id=str(row.get("id", index)), task="gsm8k", question=row["question"], gold=row["answer"])
 
 

@@ -29,6 +29,11 @@ def from_record(row: dict, index: int, where: str) -> Example:
     setup = row.get("test_setup_code") or ""
     if not isinstance(setup, str):
         raise ValueError(f"{where}: field 'test_setup_code' must be a string, got {_short(setup)}")
+    if not str(row["task_id"]).isdigit():  # the splits are ranges of task_ids: "HumanEval/1" belongs to none
+        raise ValueError(f"{where}: field 'task_id' must be a whole number (MBPP's task ids), got "
+                         f"{_short(row['task_id'])}")
+    if not any(test.strip() for test in row["test_list"]):  # a program would pass "0 tests": judged correct
+        raise ValueError(f"{where}: field 'test_list' holds no assert; an MBPP task needs its tests")
     return Example(id=str(row["task_id"]), task="mbpp", question=row["text"], gold=row["code"],
                    tests=list(row["test_list"]), setup=setup)
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import random
-import re
 import unicodedata
 
 from ssr.harness.tasks import STR, STRS, Example, _short

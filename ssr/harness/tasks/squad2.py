@@ -41,18 +41,32 @@ def squad_rows(path: Path) -> list[dict]:
     An `is_impossible` question has `answers: []` (its `plausible_answers` are distractors, never gold)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))["data"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not SQuAD's official JSON layout {{\"version\", \"data\": [...]}} ({e})") from None
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise ValueError(f"{path}: not SQuAD's official JSON layout {{\"version\", \"data\": [...]}} "
+                         f"({'nested too deeply' if isinstance(e, RecursionError) else e})") from None
+
+    def field(obj, key, kind, where):  # the official layout's fields, each named with where it is missing
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"{path}: {where}: field {key!r} must be {'a list' if kind is list else 'a string'}, "
+                             f"got {json.dumps(value)[:60]}")
+        return value
+
     rows = []
-    for a, article in enumerate(data):
-        for p, paragraph in enumerate(article["paragraphs"]):
-            for qa in paragraph["qas"]:
-                answers = [] if qa.get("is_impossible") else [x["text"] for x in qa["answers"]]
-                if not qa.get("is_impossible") and not answers:
-                    raise ValueError(f"{path}: question {qa.get('id')!r} (article {a}, paragraph {p}) is not "
+    for a, article in enumerate(field({"data": data}, "data", list, "top level")):
+        for p, paragraph in enumerate(field(article, "paragraphs", list, f"data[{a}]")):
+            where = f"data[{a}].paragraphs[{p}]"
+            context = field(paragraph, "context", str, where)
+            for q, qa in enumerate(field(paragraph, "qas", list, where)):
+                at = f"{where}.qas[{q}]"
+                id, question = field(qa, "id", str, at), field(qa, "question", str, at)
+                impossible = qa.get("is_impossible", False)
+                answers = [] if impossible else [field(x, "text", str, f"{at}.answers[{i}]")
+                                                 for i, x in enumerate(field(qa, "answers", list, at))]
+                if not impossible and not answers:
+                    raise ValueError(f"{path}: question {id!r} (article {a}, paragraph {p}) is not "
                                      "is_impossible but has no answers")
-                rows.append({"id": qa["id"], "documents": [paragraph["context"]], "question": qa["question"],
-                             "answers": answers})
+                rows.append({"id": id, "documents": [context], "question": question, "answers": answers})
     return rows
 
 
