@@ -34,7 +34,8 @@ import torch
 from tqdm import tqdm
 
 from ssr.harness import sandbox
-from ssr.harness.recipes import SDFT_SYSTEM_BLOCK, SDFT_TEMPLATES, hf_clean_up, sdft_check_math
+from ssr.harness.recipes import (SDFT_SYSTEM_BLOCK, SDFT_TEMPLATES, find_last_integer,  # noqa: F401
+                                  hf_clean_up, sdft_check_math)
 from ssr.harness.records import check_context
 from ssr.harness.runfiles import append_records, read_records, write_atomic
 from ssr.sampling import complete
