@@ -185,6 +185,9 @@ def parse_args(argv: list[str]):
                    help="seconds per request to --judge-url (default %(default)g; not a judge setting: it changes "
                         "no verdict)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--static-decode", action="store_true",
+                   help="decode with the fixed-shape path (a CUDA graph per batch bucket on GPUs; the same ids as the "
+                        "default eager path, not faster on CPU)")
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto: bfloat16 on CUDA, float32 on CPU")
     return p, p.parse_args(argv)
@@ -250,6 +253,7 @@ def run(argv: list[str]) -> int:
         if not items[name]:
             raise ValueError(f"--tasks {name}: no items to score (e.g. an MBPP file without task_ids 11-510)")
     model = ssr.load_model(args.model, dtype=dtype, device=device)
+    model.static_decode = args.static_decode  # every generation below: sampling.complete reads it
     if args.adapter:
         cli.load_adapter(model, args.adapter)
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)

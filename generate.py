@@ -55,6 +55,9 @@ def parse_args(argv: list[str]):
     p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto: bfloat16 on cuda, float32 on cpu")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--static-decode", action="store_true",
+                   help="decode with the fixed-shape path (a CUDA graph per batch bucket on GPUs; the same ids as the "
+                        "default eager path, not faster on CPU)")
     p.add_argument("--chat-template", choices=TEMPLATES, help="override the template detected from the tokenizer")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
@@ -71,6 +74,7 @@ def run(argv: list[str]) -> int:
     device, dtype = device_and_dtype(args.device, args.dtype)
     device = distributed.init(device)  # under torchrun: join the other ranks (docs/distributed.md)
     model = ssr.load_model(args.model, dtype=dtype, device=device)
+    model.static_decode = args.static_decode  # every generation below: sampling.complete reads it
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
     cli.require_chat_template(tok, args.model)
     if args.adapter:

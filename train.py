@@ -122,6 +122,9 @@ def parse_args(argv):
     g.add_argument("--save-every", type=cli.nonnegative_int, default=TrainConfig.save_every,
                    help="steps between checkpoints; 0: at the end")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--static-decode", action="store_true",
+                   help="decode with the fixed-shape path (a CUDA graph per batch bucket on GPUs; the same ids as the "
+                        "default eager path, not faster on CPU)")
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="base weights; auto: bfloat16 on CUDA, float32 on CPU (LoRA weights are always float32)")
     g.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations to save memory")
@@ -163,6 +166,7 @@ def run(argv: list[str]) -> int:
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
     cli.require_chat_template(tok, args.model)
     model = ssr.load_model(args.model, dtype=dtype, device=device)
+    model.static_decode = args.static_decode  # every generation below: sampling.complete reads it
     for mode in NEEDS[args.method]:  # the generations it asks for must fit the model's context
         check_prompts(model, tok, examples, mode, args.max_new_tokens, recipe)
     out = Path(args.out)

@@ -38,7 +38,7 @@ def generate(model: Transformer, prompts: list[list[int]], max_new_tokens: int =
 def complete(model: Transformer, prompts: list[list[int]], max_new_tokens: int = 64, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, stop_ids=None, seed: int | None = None, *,
              generator: torch.Generator | None = None, batch_size: int | None = None,
-             stop_strings=(), tokenizer=None, static: bool = False) -> list[Completion]:
+             stop_strings=(), tokenizer=None, static: bool | None = None) -> list[Completion]:
     """Generate a continuation of every prompt; returns one Completion per prompt, in order.
 
     temperature 0 is greedy (argmax); otherwise sample from softmax(logits / temperature), keeping
@@ -49,7 +49,9 @@ def complete(model: Transformer, prompts: list[list[int]], max_new_tokens: int =
     stop_strings (with tokenizer) also stop a row once its decoded text contains one of them; the
     token that completes the string is kept, so the text may run past it (ssr/harness/records.py cuts it).
     static: decode with fixed shapes, as a replayed CUDA graph on GPUs (see `_static_decoder`); the same ids.
+    None: the model's `static_decode` attribute, if set (so that one switch reaches every caller), else False.
     """
+    static = getattr(model, "static_decode", False) if static is None else static
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (a BOS token will do)")
     if stop_strings and tokenizer is None:

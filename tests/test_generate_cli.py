@@ -145,3 +145,21 @@ def test_killed_run_resumes_without_duplicates_or_gaps(stories, tmp_path):
     assert len(ids) == len(set(ids)) == n
     assert set(ids) == {f"r{i}" for i in range(n)}
     assert records[:len(killed)] == killed  # what was written before the kill was kept as it was
+
+
+def test_static_decode_flag_writes_the_same_records(shared, stories, tmp_path):
+    """generate.py --static-decode (the fixed-shape path, reached through the model's `static_decode` switch)
+    writes the very records of the default eager path, and records nothing about it (outputs are the same)."""
+    task_file = shared / TASK_FILES["gsm8k"]
+    common = ["--model", str(stories), "--chat-template", "chatml", "--task-file", str(task_file), "--limit", "5",
+              "--max-new-tokens", "12", "--batch-size", "3", "--quiet", "--mode", "predict"]
+    calls = []
+    real = ssr.sampling._static_decoder
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ssr.sampling, "_static_decoder", lambda *a: calls.append(1) or real(*a))
+        assert generate.main(common + ["--out", str(tmp_path / "eager.jsonl")]) == 0
+        assert calls == []
+        assert generate.main(common + ["--out", str(tmp_path / "static.jsonl"), "--static-decode"]) == 0
+        assert calls  # the fixed-shape path did run
+    eager, static = read_records(tmp_path / "eager.jsonl"), read_records(tmp_path / "static.jsonl")
+    assert len(eager) == 5 and eager == static
