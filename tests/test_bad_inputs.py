@@ -349,8 +349,8 @@ def test_nq_answer_string_is_never_split_into_one_alias_per_character(inputs, tm
         load_task(inputs.mbpp_str)
     nq = jsonl(tmp_path / "nq.jsonl", [{"question": "what animal barks", "answer": ["a dog", "dog"]}])
     example = load_task(nq)[0]
-    assert example.answers == ["a dog", "dog"]
-    assert not ssr.harness.judges.nq("I do not know, maybe it is a cat.", example.answers).correct
+    assert example.aliases == ["a dog", "dog"]
+    assert not ssr.harness.judges.nq("I do not know, maybe it is a cat.", example.aliases).correct
 
 
 def test_evaluate_refuses_predictions_made_with_other_settings(inputs, tmp_path, capsys):

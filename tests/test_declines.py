@@ -62,7 +62,7 @@ def test_the_prompts_sentence_in_a_longer_answer():
 
 def test_every_gold_answer_of_the_shared_sample_is_not_a_decline(shared):
     examples = load_task(shared / "data" / "squad2" / "dev-v2.0.subset.json")
-    golds = {a for e in examples for a in e.answers}
+    golds = {a for e in examples for a in e.aliases}
     assert len(golds) == 4922
     assert sorted(g for g in golds if declines(g)) == []
 

@@ -82,7 +82,7 @@ def says(verdict: str):
 
 
 def nq(*ids):
-    examples = {i: Example(i, "nq", f"question {i}", "Paris", answers=["Paris"]) for i in ids}
+    examples = {i: Example(i, "nq", f"question {i}", "Paris", aliases=["Paris"]) for i in ids}
     return examples, [{"id": i, "mode": "predict", "output": "Paris"} for i in ids]
 
 

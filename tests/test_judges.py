@@ -357,12 +357,12 @@ def test_every_nq_dev_answer_matches_itself(shared):
     assert len(examples) == 3610
     # Aliases with no letter or digit match nothing (judges.nq). In this file: ")" and "---", the only aliases
     # of questions 363 and 290 (data errors: a season and a number of breeds), and "*" beside real aliases.
-    unusable = {ex.id: alias for ex in examples for alias in ex.answers if not any(ch.isalnum() for ch in alias)}
+    unusable = {ex.id: alias for ex in examples for alias in ex.aliases if not any(ch.isalnum() for ch in alias)}
     assert unusable == {"290": "---", "363": ")", "2720": "*"}
     for ex in examples:
-        for alias in ex.answers:
+        for alias in ex.aliases:
             for mode in judges.NQ_MODES:
-                assert judges.nq(alias, ex.answers, mode).correct == (unusable.get(ex.id) != alias), \
+                assert judges.nq(alias, ex.aliases, mode).correct == (unusable.get(ex.id) != alias), \
                     (ex.id, alias, mode)
 
 
@@ -420,7 +420,7 @@ def test_nq_reasons_and_errors():
 
 GSM = Example(id="g", task="gsm8k", question="?", gold="Work.\n#### 1,200")
 MBPP = Example(id="m", task="mbpp", question="add", gold="", tests=TESTS)
-NQ = Example(id="n", task="nq", question="?", gold="Paris", answers=["Paris"])
+NQ = Example(id="n", task="nq", question="?", gold="Paris", aliases=["Paris"])
 
 
 def test_judge_dispatches_on_the_task():

@@ -95,8 +95,8 @@ def test_every_judge_prompt_shows_question_reference_response_and_the_verdict_wo
     cases = [Example("1", "gsm8k", "Tom has 3 apples and buys 4.", "3 + 4 = <<3+4=7>>7\n#### 7"),
              Example("2", "mbpp", "Write a function add(a, b).", "def add(a, b):\r\n    return a + b",
                      tests=["assert add(1, 2) == 3"]),
-             Example("3", "nq", "capital of france", "Paris", answers=["Paris", "Paris, France"]),
-             Example("4", "squad2", "Where is Normandy?", "France", answers=["France"],
+             Example("3", "nq", "capital of france", "Paris", aliases=["Paris", "Paris, France"]),
+             Example("4", "squad2", "Where is Normandy?", "France", aliases=["France"],
                      documents=["Normandy is a region in France."]),
              Example("5", "chat", "Say hi politely.", "Hello! How can I help?",
                      messages=[{"role": "user", "content": "Say hi politely."}])]
@@ -165,9 +165,9 @@ def smol():
     return model, ssr.load_tokenizer(ssr.DEFAULT_MODEL)
 
 
-SQUAD = [Example("a", "squad2", "In what country is Normandy located?", "France", answers=["France"],
+SQUAD = [Example("a", "squad2", "In what country is Normandy located?", "France", aliases=["France"],
                  documents=["The Normans gave their name to Normandy, a region in France."]),
-         Example("b", "squad2", "Who was the Norse leader?", "Rollo", answers=["Rollo"],
+         Example("b", "squad2", "Who was the Norse leader?", "Rollo", aliases=["Rollo"],
                  documents=["Norse raiders under their leader Rollo swore fealty to King Charles III."]),
          Example("c", "squad2", "Who ruled Normandy in 1200?", "The passages do not answer the question.",
                  documents=["The Normans gave their name to Normandy, a region in France."])]
@@ -213,7 +213,7 @@ def test_a_local_judge_checks_its_context_first_and_rejects_cut_replies(smol, tm
     """A prompt past the judge model's context (the judged answer is part of it) is refused before anything is
     generated or written, naming the example and the counts; a reply cut at --judge-max-new-tokens is a reject."""
     model, tok = smol
-    examples = {i: Example(i, "nq", "capital of france", "Paris", answers=["Paris"]) for i in ("ok", "long")}
+    examples = {i: Example(i, "nq", "capital of france", "Paris", aliases=["Paris"]) for i in ("ok", "long")}
     records = [{"id": "ok", "mode": "predict", "output": "Paris"},
                {"id": "long", "mode": "predict", "output": "Paris " * 10_000}]
     n = len(tok.apply_chat_template(judge_messages(examples["long"], records[1]["output"]), add_generation_prompt=True))
@@ -311,7 +311,7 @@ def canned(text):
 
 
 def test_another_judge_is_refused_by_name(tmp_path, capsys):
-    examples = {"1": Example("1", "nq", "q", "Paris", answers=["Paris"])}
+    examples = {"1": Example("1", "nq", "q", "Paris", aliases=["Paris"])}
     records = [{"id": "1", "mode": "predict", "output": "Paris"}]
     out = tmp_path / "v.jsonl"
 
@@ -339,8 +339,8 @@ def test_another_judge_is_refused_by_name(tmp_path, capsys):
 
 
 def test_both_must_accept(tmp_path):
-    examples = {"1": Example("1", "nq", "q", "Paris", answers=["Paris"]),
-                "2": Example("2", "nq", "q", "Paris", answers=["Paris"])}
+    examples = {"1": Example("1", "nq", "q", "Paris", aliases=["Paris"]),
+                "2": Example("2", "nq", "q", "Paris", aliases=["Paris"])}
     records = [{"id": "1", "mode": "predict", "output": "Paris"}, {"id": "2", "mode": "predict", "output": "Lyon"}]
     judge = llm_judge.make_judge("both", "j", "http://127.0.0.1:9/v1")
     judge.replies = canned("Verdict: CORRECT")  # a lenient judge

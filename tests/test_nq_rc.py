@@ -26,16 +26,16 @@ def test_loads_the_oracle_file(oracle):
     examples = load_task(oracle)
     assert len(examples) == 2655 and len({e.id for e in examples}) == 2655
     first = examples[0]
-    assert (first.id, first.task, first.question, first.gold, first.answers) == (
+    assert (first.id, first.task, first.question, first.gold, first.aliases) == (
         "0", "nq_rc", "who got the first nobel prize in physics", "Wilhelm Conrad Röntgen",
         ["Wilhelm Conrad Röntgen"])
     assert first.documents[0].startswith("Title: List of Nobel laureates in Physics\nThe first Nobel Prize in Physics")
     rows = [json.loads(line) for line in gzip.open(oracle, "rt", encoding="utf-8")]
     assert detect_task(rows[0]) == "nq_rc"
-    assert all(e.answers == r["answers"] and e.documents == [f"Title: {c['title'].strip()}\n{c['text'].strip()}"
+    assert all(e.aliases == r["answers"] and e.documents == [f"Title: {c['title'].strip()}\n{c['text'].strip()}"
                                                              for c in r["ctxs"]] for e, r in zip(examples, rows))
     # the oracle passage holds an answer of its question (as `mentions` reads it) for every question
-    assert all(any(mentions(e.documents[0], a) for a in e.answers) for e in examples)
+    assert all(any(mentions(e.documents[0], a) for a in e.aliases) for e in examples)
     assert [e.id for e in load_task(oracle, limit=3)] == ["0", "1", "2"]
 
 
@@ -66,32 +66,32 @@ def test_the_split_is_by_question_disjoint_and_deterministic(oracle, grounded):
 
 
 def test_every_gold_answer_is_judged_correct_and_a_decline_is_not(grounded):
-    answerable = [e for e in grounded if e.answers]
+    answerable = [e for e in grounded if e.aliases]
     assert len(answerable) == 2655
     for e in answerable:
         # an alias without a letter or digit matches nothing (nq.py; the oracle set has one: "*")
-        assert all(judges.judge(e, alias).correct for alias in e.answers if any(c.isalnum() for c in alias)), e.id
+        assert all(judges.judge(e, alias).correct for alias in e.aliases if any(c.isalnum() for c in alias)), e.id
         assert not judges.judge(e, UNANSWERABLE).correct
         assert not judges.judge(e, "The passage does not contain the answer to the question.").correct
     for e in grounded:
-        if not e.answers:
+        if not e.aliases:
             assert judges.judge(e, gold_response(e)).correct and gold_response(e) == UNANSWERABLE
             assert judges.judge(e, "The passage does not say who won it.").correct  # a decline in other words
 
 
 def test_an_unanswerable_pair_never_shows_a_passage_holding_an_answer(grounded):
     by_id = {e.id: e for e in grounded}
-    pairs = [e for e in grounded if not e.answers]
+    pairs = [e for e in grounded if not e.aliases]
     assert len(pairs) == 2654  # every question but one ("... which english alphabet": "S" is in every passage)
     for u in pairs:
         own, other = u.id.split("-u")
         question, passage_of = by_id[own], by_id[other]
         assert u.question == question.question and u.documents == passage_of.documents and own != other
         text = u.documents[0]
-        assert not judges.nq(text, question.answers, "contains").correct, u.id  # the judge's own match
-        assert not any(a.lower() in text.lower() for a in question.answers), u.id  # nor as a plain substring
+        assert not judges.nq(text, question.aliases, "contains").correct, u.id  # the judge's own match
+        assert not any(a.lower() in text.lower() for a in question.aliases), u.id  # nor as a plain substring
     # answerable and unanswerable alternate, so a --limit keeps both
-    assert [bool(e.answers) for e in grounded[:6]] == [True, False] * 3
+    assert [bool(e.aliases) for e in grounded[:6]] == [True, False] * 3
 
 
 def test_training_on_the_test_questions_is_refused(oracle, tmp_path):

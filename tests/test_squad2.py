@@ -105,12 +105,12 @@ def test_squad_tokens_on_every_answer_of_the_shared_sample(shared):
 def test_loads_the_official_json(shared):
     examples = load_task(shared / "data" / "squad2" / "dev-v2.0.subset.json")
     assert len(examples) == 6576 and len({e.id for e in examples}) == 6576  # the README's counts
-    assert sum(not e.answers for e in examples) == 3376
+    assert sum(not e.aliases for e in examples) == 3376
     first, impossible = examples[0], examples[5]
     assert (first.id, first.task, first.question, first.gold) == ("56ddde6b9a695914005b9628", "squad2",
                                                                   "In what country is Normandy located?", "France")
-    assert first.answers == ["France"] * 4 and first.documents[0].startswith("The Normans (Norman: Nourmands;")
-    assert impossible.answers == [] and impossible.gold == UNANSWERABLE == gold_response(impossible)
+    assert first.aliases == ["France"] * 4 and first.documents[0].startswith("The Normans (Norman: Nourmands;")
+    assert impossible.aliases == [] and impossible.gold == UNANSWERABLE == gold_response(impossible)
     assert [e.id for e in load_task(shared / "data" / "squad2" / "dev-v2.0.subset.json", limit=3)] == \
         [e.id for e in examples[:3]]
     with pytest.raises(ValueError, match="read as SQuAD 2.0's official layout, not as 'gsm8k'"):
@@ -125,8 +125,8 @@ def test_loads_the_plain_jsonl_form(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert detect_task(rows[0]) == detect_task(rows[1]) == "squad2"
     one, two = load_task(path)
-    assert one.documents == rows[0]["documents"] and one.gold == "blue" and one.answers == ["blue"]
-    assert two.documents == ["Only about grass."] and two.gold == UNANSWERABLE and two.answers == []
+    assert one.documents == rows[0]["documents"] and one.gold == "blue" and one.aliases == ["blue"]
+    assert two.documents == ["Only about grass."] and two.gold == UNANSWERABLE and two.aliases == []
     text = build_prompt(one, "predict").messages[-1]["content"]
     # the passages come before the question, and the prompt gives the exact sentence to decline with
     assert text.index("Passage 1:\nDoc one") < text.index("Passage 2:\nDoc two") < text.index("Question: What colour")
@@ -157,7 +157,7 @@ def test_rule_judge_and_decline_rate_on_canned_outputs(tmp_path):
                "THE PASSAGES DO NOT ANSWER THE QUESTION",  # case and punctuation aside, it is the sentence
                "I'm sorry, I cannot answer this.",  # a decline in the model's own words (ssr/harness/declines.py)
                "It was Rollo."]
-    verdicts = [judges.squad2(o, e.answers) for o, e in zip(outputs, examples)]
+    verdicts = [judges.squad2(o, e.aliases) for o, e in zip(outputs, examples)]
     assert [(v.correct, v.kind) for v in verdicts] == [
         (True, "match"), (False, "declined"), (True, "declined"), (True, "declined"), (True, "declined"),
         (False, "answered")]

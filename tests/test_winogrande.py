@@ -63,7 +63,7 @@ def test_evaluate_scores_winogrande_and_paper_sets_use_the_papers_metrics(shared
     assert result["n"] == 8 and result["kind"] == "retention" and 0.0 <= result["acc"] <= 1.0
     assert "| winogrande" in capsys.readouterr().out
     # the paper sets: SDFT reads lm-eval's acc (not acc_norm); SSR counts GSM8K as a retention benchmark
-    assert evaluate.parse_tasks("sdft-paper", shared / "data").keys() == set(evaluation.PAPERS["sdft-paper"].tasks)
+    assert evaluate.parse_tasks("sdft-paper", shared / "data", "sdft").keys() == set(evaluation.PAPERS["sdft-paper"].tasks)
     sdft = evaluation.paper_labels(evaluation.PAPERS["sdft-paper"])
     assert sdft["hellaswag"] == {"kind": "retention", "metric": "acc"} and sdft["gsm8k"]["kind"] == "target"
     assert evaluation.paper_labels(evaluation.PAPERS["ssr-paper"])["gsm8k"]["kind"] == "retention"
@@ -73,7 +73,7 @@ def test_evaluate_scores_winogrande_and_paper_sets_use_the_papers_metrics(shared
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()
             if line.startswith("| ")}
     assert rows["hellaswag"] == ["acc", "40.0", "8", "not available here"]
-    assert rows["gsm8k"][-1] == "SDFT 34.4, SFT 31.9 (Llama-2-7b-chat, LoRA)"
+    assert rows["gsm8k"][-1].startswith("SDFT 34.4, SFT 31.9 (")
 
 
 def test_the_ssr_and_s3ft_paper_sets_read_passages_and_quote_the_papers(shared):
@@ -87,5 +87,5 @@ def test_the_ssr_and_s3ft_paper_sets_read_passages_and_quote_the_papers(shared):
     assert "up to 16.7%" in ssr_set.reported["average drop"] and "close to 2% drop" in ssr_set.reported["average drop"]
     # evaluation scores nq_rc's test questions only, with their unanswerable pairs for SSR's set
     examples = evaluation.target_examples("nq_rc_unanswerable", tasks["nq_rc_unanswerable"][1])
-    assert len(examples) == 1068 and sum(not e.answers for e in examples) == 534
+    assert len(examples) == 1068 and sum(not e.aliases for e in examples) == 534
     assert len(evaluation.target_examples("nq_rc", tasks["nq_rc"][1])) == 534

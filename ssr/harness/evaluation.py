@@ -396,10 +396,10 @@ def grounded_qa_scores(examples, outputs: list[str], correct: list[bool]) -> dic
     unanswerable ones by how often the model declines, read by meaning (ssr/harness/declines.py: "The passage
     does not contain the answer." counts), with the strict count of the prompt's exact sentence beside it
     (`*_exact`); both apart and together."""
-    answerable = [i for i, e in enumerate(examples) if e.answers]
-    unanswerable = [i for i, e in enumerate(examples) if not e.answers]
+    answerable = [i for i, e in enumerate(examples) if e.aliases]
+    unanswerable = [i for i, e in enumerate(examples) if not e.aliases]
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
-    recall = {i: token_recall(outputs[i], examples[i].answers) for i in answerable}
+    recall = {i: token_recall(outputs[i], examples[i].aliases) for i in answerable}
     declined = {i: judges.declines(outputs[i]) for i in range(len(examples))}
     exact = {i: judges.says_sentence(outputs[i]) for i in range(len(examples))}
     return {"answerable_recall": mean(list(recall.values())), "answerable_acc": mean([correct[i] for i in answerable]),
@@ -430,7 +430,7 @@ def score_generations(model, tok, examples, prefix, *, batch_size: int = 16, max
               "per_question": {"acc": [int(v["correct"]) for v in verdicts]}}  # in example order
     if examples and examples[0].task == "nq":  # report both NQ modes; the judge's mode is the score
         other = "exact" if nq_mode == "contains" else "contains"
-        result[other] = sum(judges.nq(r["output"], e.answers, other).correct for r, e in zip(records, examples)) / n
+        result[other] = sum(judges.nq(r["output"], e.aliases, other).correct for r, e in zip(records, examples)) / n
         result[nq_mode] = result["acc"]
     if examples and examples[0].task in ("squad2", "nq_rc"):
         result.update(grounded_qa_scores(examples, [r["output"] for r in records], [v["correct"] for v in verdicts]))

@@ -38,7 +38,7 @@ class Example:
     task: str  # "gsm8k", "mbpp", "nq", "squad2", "nq_rc" or "chat" (generic records)
     question: str  # what the model is asked (GSM8K question, MBPP text, NQ question)
     gold: str  # the reference answer used as an SFT target
-    answers: list[str] = field(default_factory=list)  # NQ aliases; squad2 answers ([] = unanswerable)
+    aliases: list[str] = field(default_factory=list)  # accepted forms of gold (NQ, SQuAD); [] = unanswerable
     tests: list[str] = field(default_factory=list)  # MBPP asserts
     setup: str = ""  # MBPP test_setup_code
     messages: list[dict] | None = None  # generic records: the conversation, gold turn excluded

@@ -25,7 +25,7 @@ def from_record(row: dict, index: int, where: str) -> Example:
     if not answers:
         raise ValueError(f"{where}: field 'answer' is an empty list (an NQ-open record needs at least one alias)")
     return Example(id=str(row.get("id", index)), task="nq", question=row["question"], gold=answers[0],
-                   answers=answers)
+                   aliases=answers)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ JUDGE = ("You are grading an answer to a question against the reference answers.
 
 
 def fields(example: Example) -> dict:
-    return dict(question=example.question.strip(), gold=clean_gold(example), aliases="; ".join(example.answers))
+    return dict(question=example.question.strip(), gold=clean_gold(example), aliases="; ".join(example.aliases))
 
 
 def predict_messages(example: Example) -> list[dict]:
@@ -107,7 +107,7 @@ def nq(output: str, answers: Sequence[str], mode: str = "contains") -> Verdict:
 
 def judge_example(example: Example, output: str, *, nq_mode: str = "contains", **options) -> Verdict:
     """The rule judge of one NQ-open example (ssr.harness.judges.judge; of its options, it takes `nq_mode`)."""
-    return nq(output, example.answers, nq_mode)
+    return nq(output, example.aliases, nq_mode)
 
 
 unfit = None  # no target-quality rule

@@ -54,7 +54,7 @@ def from_record(row: dict, index: int, where: str) -> Example:
     documents = [f"Title: {c['title'].strip()}\n{c['text'].strip()}" if c.get("title", "").strip()
                  else c["text"].strip() for c in ctxs]
     return Example(id=str(row.get("id", index)), task="nq_rc", question=row["question"], gold=answers[0],
-                   answers=answers, documents=documents)
+                   aliases=answers, documents=documents)
 
 
 def split_of(question: str) -> str:
@@ -108,7 +108,7 @@ def with_unanswerable(examples: list[Example]) -> list[Example]:
                 j = order[(k + step) % len(order)]
                 text = "\n".join(examples[j].documents)
                 if examples[j].question != examples[i].question and \
-                        not any(mentions(text, a) for a in examples[i].answers):
+                        not any(mentions(text, a) for a in examples[i].aliases):
                     partner[i] = j
                     break
     out = []
@@ -117,5 +117,5 @@ def with_unanswerable(examples: list[Example]) -> list[Example]:
         if i in partner:
             j = partner[i]
             out.append(Example(id=f"{e.id}-u{examples[j].id}", task="nq_rc", question=e.question,
-                               gold=UNANSWERABLE, answers=[], documents=list(examples[j].documents)))
+                               gold=UNANSWERABLE, aliases=[], documents=list(examples[j].documents)))
     return out

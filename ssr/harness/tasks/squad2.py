@@ -32,7 +32,7 @@ def from_record(row: dict, index: int, where: str) -> Example:
         raise ValueError(f"{where}: 'documents' must be a non-empty list of passages (or give one 'context')")
     answers = list(row["answers"])
     return Example(id=str(row.get("id", index)), task="squad2", question=row["question"],
-                   gold=answers[0] if answers else UNANSWERABLE, answers=answers, documents=list(documents))
+                   gold=answers[0] if answers else UNANSWERABLE, aliases=answers, documents=list(documents))
 
 
 def squad_rows(path: Path) -> list[dict]:
@@ -141,7 +141,7 @@ def squad2(output: str, answers: Sequence[str]) -> Verdict:
 
 def judge_example(example: Example, output: str, **options) -> Verdict:
     """The rule judge of one SQuAD 2.0 example (ssr.harness.judges.judge; it takes no options)."""
-    return squad2(output, example.answers)
+    return squad2(output, example.aliases)
 
 
 unfit = None  # no target-quality rule
