@@ -71,3 +71,15 @@ def test_judge_free_data_is_refused_for_self_generating_methods(qwen_dir, tmp_pa
     assert train.main(argv("ssr", qwen_dir, data, tmp_path / "run")[:2] + ["--data", str(data), "--model", str(qwen_dir),
                                                                         "--out", str(tmp_path / "run")]) == 1
     assert "needs a judge" in capsys.readouterr().err
+
+
+def test_methods_under_the_same_flags_differ_only_in_target_choice(qwen_dir, gsm8k_file, tmp_path):
+    """No default depends on --method: SDFT gets the project recipe like the others unless --recipe sdft is given."""
+    settings = {}
+    for method in METHODS:
+        assert train.main(argv(method, qwen_dir, gsm8k_file, tmp_path / method)) == 0
+        settings[method] = json.loads((tmp_path / method / "run.json").read_text())
+        assert settings[method].pop("method") == method
+    assert all(s == settings["sft"] for s in settings.values())
+    assert settings["sft"]["recipe"] == "project" and settings["sft"]["sampling"]["do_sample"] is False
+    assert settings["sft"]["lora"]["dropout"] == 0.05 and settings["sft"]["train"]["warmup"] == 0.03
