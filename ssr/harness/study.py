@@ -271,8 +271,7 @@ def run_study(study: Study) -> dict:
                              "max_new_tokens": study.values["max_new_tokens"]},
                 "lora": asdict(study.lora()), "max_len": study.values["max_len"], "loss": loss_identity(),
                 "quality_rule": study.recipe == "project",
-                "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES},
-                "study": str(out / "study.json")}, str(run_dir))
+                "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}}, str(run_dir))
             started = progress.start(f"{method} seed {seed}: targets, training ({cfg.epochs} epochs), evaluation")
             adapter = run_dir / "adapter"
             trained = (adapter / "adapter_config.json").is_file() and (run_dir / "targets.jsonl").is_file()
