@@ -163,6 +163,12 @@ def data_dir_file(study: Study, relative: str) -> Path:
 
 def load_data(study: Study) -> tuple[list, dict[str, list]]:
     """(training examples, {benchmark: items}): the target task first, then the retention benchmarks."""
+    for name in study.retention:  # before anything is written
+        if name != "capitals" and name not in evaluation.LOADERS:
+            raise ValueError(f"--retention {name}: unknown benchmark; choose from capitals, "
+                             f"{', '.join(evaluation.LOADERS)}")
+        if name != "capitals" and study.data_dir is None:
+            raise ValueError(f"--retention {name}: give --data-dir (the layout of ../shared/data)")
     task = PRESETS[study.preset].task
     if task == "demo":
         train = demo_data.word_problems(demo_data.one_step, study.train, seed=1)
@@ -183,13 +189,8 @@ def load_data(study: Study) -> tuple[list, dict[str, list]]:
         if name == "capitals":
             quiz = demo_data.capitals()[:limit]
             items[name] = load_task(_write_once(study.out / "data" / f"capitals-{len(quiz)}.jsonl", quiz))
-        elif name in evaluation.LOADERS:
-            if study.data_dir is None:
-                raise ValueError(f"--retention {name}: give --data-dir (the layout of ../shared/data)")
-            items[name] = evaluation.LOADERS[name](Path(study.data_dir), limit)
         else:
-            raise ValueError(f"--retention {name}: unknown benchmark; choose from capitals, "
-                             f"{', '.join(evaluation.LOADERS)}")
+            items[name] = evaluation.LOADERS[name](Path(study.data_dir), limit)
     return examples, items
 
 
