@@ -302,11 +302,8 @@ def report(study: Study, settings: dict, base: dict, runs: dict, run_dirs: dict,
     if REFERENCE in runs and len(runs) > 1:
         differences = study_stats.paired_differences(base, runs, REFERENCE, targets=targets)
         tables.append(study_stats.difference_table(differences, REFERENCE))
-    share = {m: {s: 1 - c.get("gold", 0) / sum(c.values()) for s, c in seeds.items()} for m, seeds in sources.items()}
-    tables.append("training targets from the model (mean over seeds): " +
-                  ", ".join(f"{m} {100 * sum(v.values()) / len(v):.0f}%" for m, v in share.items()))
-    one_run = run_dirs[study.methods[-1]][study.seeds[0]]
-    tables.append(f"{study.methods[-1]} targets (identical for every seed): {target_stats(one_run)}")
+    tables.append("training targets, the same for every seed (shared base generations):\n" + "\n".join(
+        f"- {m}: {target_stats(run_dirs[m][study.seeds[0]])}" for m in study.methods))
     results = {"preset": study.preset, "methods": list(study.methods), "seeds": list(study.seeds),
                "reference": REFERENCE, "settings": settings, "base": base,
                "runs": {m: {str(s): r for s, r in seeds.items()} for m, seeds in runs.items()},
