@@ -262,8 +262,8 @@ def run_study(study: Study) -> dict:
     base, cached = evaluate(out / "eval" / "base.json", None)
     progress.end(started, cached)
     runs, run_dirs, sources = {}, {}, {}
-    for method in study.methods:
-        for seed in study.seeds:
+    for seed in study.seeds:  # seed by seed: a study stopped early holds whole seeds, every method compared
+        for method in study.methods:
             run_dir = out / "runs" / method / f"seed{seed}"
             cfg = study.train_config(seed)
             check_settings(run_dir / "run.json", {
@@ -287,7 +287,8 @@ def run_study(study: Study) -> dict:
             sources.setdefault(method, {})[seed] = dict(Counter(r["source"]
                                                                 for r in read_records(run_dir / "targets.jsonl")))
             progress.end(started, trained and cached)
-    return report(study, settings, base, runs, run_dirs, sources)
+    order = lambda by_method: {m: dict(sorted(by_method[m].items())) for m in study.methods}  # noqa: E731
+    return report(study, settings, base, order(runs), order(run_dirs), order(sources))
 
 
 # ---------------------------------------------------------------------------------------------------------
