@@ -1,6 +1,6 @@
 """Fine-tune with LoRA on targets chosen by one of four methods: sft, ssr, s3ft, sdft.
 
-    python train.py                     # the CPU demo: SFT vs SSR on SmolLM2-135M-Instruct (demo.py)
+    python train.py                     # the CPU demo study: four methods x 3 seeds (study.py --preset demo)
     python train.py --method ssr --task gsm8k --data ../shared/data/gsm8k/train.jsonl \\
         --model smollm2-135m-instruct --out runs/gsm8k-ssr --limit 200
 
@@ -10,10 +10,12 @@ the model's rewrite of gold. Targets come from the base model before any trainin
 loop (ssr/trainer.py) trains on (task prompt, target) with the loss on the target only.
 
 --recipe sets every default below (ssr/harness/recipes.py, sources in docs/recipes.md): "project"
-(greedy targets, the task prompts in the model's chat template) or "sdft", SDFT's published GSM8K
-recipe as its official code runs it (sampled rewrites, its own prompts, filter and training settings),
-the default of --method sdft on GSM8K. MBPP: --split train|validation|test|prompt (official task_ids);
-training on the test split is refused unless --allow-test-split.
+(the default, for every method and task: greedy targets, the task prompts in the model's chat template)
+or "sdft", SDFT's published GSM8K recipe as its official code runs it (sampled generations, its own
+Llama-2-format prompts, filter and training settings) for sft, ssr and sdft alike (sft with it is the SDFT
+paper's SFT baseline). No default depends on --method: two runs that differ only in --method differ only in
+how the targets are chosen. MBPP: --split train|validation|test|prompt (official task_ids); training on the
+test split is refused unless --allow-test-split.
 
 The run folder keeps every step (predictions, verdicts, targets.jsonl, checkpoints, adapter/), so
 running the same command again continues an interrupted run, or does nothing if it finished.
@@ -28,12 +30,12 @@ from pathlib import Path
 import torch
 
 import ssr
-import demo
+import study
 from ssr import lora
 from ssr.harness.cli import device_and_dtype
 from ssr.harness import cli, distributed, llm_judge
 from ssr.harness.pipeline import check_judge, run_method
-from ssr.harness.recipes import RECIPES, LoraSettings, default_recipe
+from ssr.harness.recipes import RECIPES, LoraSettings, check_recipe, default_recipe
 from ssr.harness.records import check_prompts
 from ssr.checkpoint import resolve_model_dir
 from ssr.harness.runfiles import check_settings, content_digest, data_digest
@@ -56,8 +58,8 @@ def lora_module_list(text: str) -> tuple[str, ...]:
 def parse_args(argv):
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 2)[2],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--demo", action="store_true", help="run the CPU demo (the default with no arguments); "
-                                                       "see python demo.py -h for its options")
+    p.add_argument("--demo", action="store_true", help="run the CPU demo study (the default with no arguments): "
+                                                       "python study.py --preset demo; see python study.py -h")
     p.add_argument("--method", choices=METHODS, default="sft", help="how the targets are chosen")
     p.add_argument("--task", choices=(*TASKS, "chat"), help="the data's format (default: detected; a .json file "
                                                            "is SQuAD 2.0's official layout)")
@@ -68,8 +70,9 @@ def parse_args(argv):
                    "(train 601-974, validation 511-600, test 11-510, prompt 1-10); nq_rc: train or test, by question")
     p.add_argument("--allow-test-split", action="store_true", help="train on MBPP test task_ids or nq_rc test "
                                                                    "questions anyway (inflates their scores)")
-    p.add_argument("--recipe", choices=RECIPES, help="the settings every default below comes from (default: sdft "
-                                                     "for --method sdft on GSM8K, else project)")
+    p.add_argument("--recipe", choices=RECIPES, help="the settings every default below comes from, whatever the "
+                                                     "method (default: project; sdft: SDFT's GSM8K recipe; s3ft: S3FT's "
+                                                     "training prompt)")
     p.add_argument("--model", default=ssr.DEFAULT_MODEL, help="HF checkpoint folder, or the built-in default")
     p.add_argument("--out", help="run folder: generations, verdicts, targets, checkpoints, adapter")
     p.add_argument("--chat-template", choices=TEMPLATES, help="override the template detected from the tokenizer")
@@ -138,7 +141,7 @@ def run(argv: list[str]) -> int:
     if not argv or argv[0] == "--demo":
         if distributed.launched():
             raise ValueError("the demo runs in one process; launch it without torchrun")
-        return demo.main(argv[1:])
+        return study.main(["--preset", "demo", *argv[1:]])
     parser, args = parse_args(argv)
     if not args.data or not args.out:
         parser.error("--data and --out are required to train (or no arguments at all, for the demo)")
@@ -151,7 +154,7 @@ def run(argv: list[str]) -> int:
     if args.method != "sft":
         check_judge(examples[0].task, args.judge, f"--method {args.method}", f"--data {args.data}")
         llm_judge.require_named(args.judge, args.judge_model)
-    recipe = args.recipe or default_recipe(args.method, examples[0].task)
+    recipe = args.recipe or default_recipe(examples[0].task)
     for name, value in RECIPES[recipe].items():  # a flag left unset takes the recipe's value
         if getattr(args, name) is None:
             setattr(args, name, lora_module_list(value) if name == "lora_modules" else value)
@@ -165,6 +168,7 @@ def run(argv: list[str]) -> int:
     device = distributed.init(device)  # under torchrun: join the other ranks (docs/distributed.md)
     tok = ssr.load_tokenizer(args.model, chat_template=args.chat_template)
     cli.require_chat_template(tok, args.model)
+    check_recipe(recipe, args.method, tok.chat_template, str(args.model))
     model = ssr.load_model(args.model, dtype=dtype, device=device)
     model.static_decode = args.static_decode  # every generation below: sampling.complete reads it
     for mode in NEEDS[args.method]:  # the generations it asks for must fit the model's context

@@ -20,6 +20,7 @@ import evaluate
 import generate
 import judge
 import ssr
+import study
 import train
 from conftest import ROOT
 from hf_oracle import make_checkpoint
@@ -28,7 +29,8 @@ from ssr.harness.runfiles import hold_lock, read_records
 from ssr.harness.tasks import load_task
 from test_trainer import RECORDS, tiny_run_folder
 
-SCRIPTS = {"generate": generate.main, "judge": judge.main, "train": train.main, "evaluate": evaluate.main}
+SCRIPTS = {"generate": generate.main, "judge": judge.main, "train": train.main, "evaluate": evaluate.main,
+           "study": study.main}
 GSM8K = [{"question": f"what is {a} plus {b}", "answer": f"{a} plus {b} is {a + b}\n#### {a + b}"}
          for a in range(3) for b in range(2)]
 
@@ -245,6 +247,19 @@ CASES = [
      ["none of its ids", "'x7'"]),
     ("judge-chat-records", "judge", lambda f: swap(J(f), "--task-file", str(f.chat)), 1, ["--task-file", "'chat'"]),
     ("judge-nq-on-gsm8k", "judge", lambda f: J(f, "--task", "nq"), 1, ["gsm8k.jsonl:1", "'answer'"]),
+    # study.py
+    ("study-negative-seed", "study", lambda f: ["--preset", "quick", "--seeds", "-1", "--out", str(f.out)], 2,
+     ["--seeds", "'-1'"]),
+    ("study-model-typo", "study", lambda f: ["--preset", "quick", "--model", str(f.dir / "modle"), "--out",
+                                             str(f.out)], 1, ["modle"]),
+    ("study-unknown-retention", "study", lambda f: ["--preset", "quick", "--model", str(f.model), "--retention",
+                                                    "capitols", "--out", str(f.out)], 1,
+     ["--retention capitols", "unknown benchmark"]),
+    ("study-preset-without-data-dir", "study", lambda f: ["--preset", "gsm8k", "--model", str(f.model), "--out",
+                                                          str(f.out)], 1, ["--retention arc_easy", "--data-dir"]),
+    ("study-sdft-recipe-on-chatml", "study", lambda f: ["--preset", "quick", "--model", str(f.model), "--recipe",
+                                                        "sdft", "--out", str(f.out)], 1,
+     ["--recipe sdft", "Llama-2-chat's format", "chatml"]),
     # --compare
     ("compare-exclude-typo", "evaluate", lambda f: ["--compare", str(f.base_json), str(f.same_limit),
                                                    "--exclude", "mmmlu"], 1, ["--exclude", "mmmlu"]),

@@ -79,8 +79,8 @@ def test_s3ft_trains_on_its_own_training_prompt_and_keeps_generated_ids(qwen_dir
     from ssr.methods import Target, training_samples
     out, seen = tmp_path / "s3ft", {}
     monkeypatch.setattr(ssr.harness.pipeline, "train", lambda model, samples, *a, **k: seen.update(samples=samples))
-    assert train.main(argv("s3ft", qwen_dir, gsm8k_file, out)) == 0
-    assert json.loads((out / "run.json").read_text())["recipe"] == "s3ft"  # the default of --method s3ft
+    assert train.main(argv("s3ft", qwen_dir, gsm8k_file, out) + ["--recipe", "s3ft"]) == 0
+    assert json.loads((out / "run.json").read_text())["recipe"] == "s3ft"
     examples = load_task(gsm8k_file)
     predicted = sorted((json.loads(line) for line in (out / "predict.jsonl").read_text().splitlines()),
                        key=lambda r: int(r["id"]))
@@ -100,3 +100,15 @@ def test_s3ft_trains_on_its_own_training_prompt_and_keeps_generated_ids(qwen_dir
     assert sample.ids == prompt + ids and sample.mask == [0] * len(prompt) + [1] * len(ids)
     # the project recipe trains on the predict prompt itself, as before
     assert build_prompt(examples[0], "train").messages == build_prompt(examples[0], "predict").messages
+
+
+def test_methods_under_the_same_flags_differ_only_in_target_choice(qwen_dir, gsm8k_file, tmp_path):
+    """No default depends on --method: SDFT gets the project recipe like the others unless --recipe sdft is given."""
+    settings = {}
+    for method in METHODS:
+        assert train.main(argv(method, qwen_dir, gsm8k_file, tmp_path / method)) == 0
+        settings[method] = json.loads((tmp_path / method / "run.json").read_text())
+        assert settings[method].pop("method") == method
+    assert all(s == settings["sft"] for s in settings.values())
+    assert settings["sft"]["recipe"] == "project" and settings["sft"]["sampling"]["do_sample"] is False
+    assert settings["sft"]["lora"]["dropout"] == 0.05 and settings["sft"]["train"]["warmup"] == 0.03

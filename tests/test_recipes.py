@@ -134,8 +134,8 @@ def test_train_sdft_records_official_sampling_and_same_seed_same_targets(llama_d
     targets = []
     for run in ("a", "b"):
         out = tmp_path / run
-        argv = ["--method", "sdft", "--data", str(gsm8k_file), "--model", str(llama_dir), "--out", str(out),
-                "--max-new-tokens", "6", "--epochs", "1", "--lora-r", "2"]
+        argv = ["--method", "sdft", "--recipe", "sdft", "--data", str(gsm8k_file), "--model", str(llama_dir),
+                "--out", str(out), "--max-new-tokens", "6", "--epochs", "1", "--lora-r", "2"]
         assert train.main(argv) == 0
         settings = json.loads((out / "run.json").read_text())
         # generating_args.py: do_sample True, temperature 0.95, top_p 0.7, top_k 50 (max_new_tokens 512 unless cut)
@@ -158,7 +158,40 @@ def test_train_sdft_defaults_without_flags():
     _, args = train.parse_args(["--method", "sdft", "--data", "x", "--out", "y"])
     assert args.epochs is None and args.lora_dropout is None  # unset: taken from the recipe in main()
     assert recipes.RECIPES["sdft"]["epochs"] == 5 and recipes.RECIPES["sdft"]["lora_dropout"] == 0.1
-    assert recipes.default_recipe("sdft", "gsm8k") == "sdft" and recipes.default_recipe("sft", "gsm8k") == "project"
+    # no default depends on the method: SDFT's recipe only when asked for, for every method alike
+    assert {recipes.default_recipe(task) for task in ("gsm8k", "mbpp", "nq", "squad2", "chat")} == {"project"}
+
+
+def test_recipe_sdft_gives_every_method_sdfts_settings_and_only_the_targets_differ(llama_dir, gsm8k_file, tmp_path,
+                                                                                   capsys):
+    """The SDFT paper's comparison: --recipe sdft gives its SFT baseline and SDFT the same prompts and training
+    settings (SSR too); run.json differs in the method alone. S3FT (no paraphrase prompt in SDFT's recipe) and a
+    model whose chat format is not Llama-2's are refused by name, before anything is written."""
+    common = ["--recipe", "sdft", "--data", str(gsm8k_file), "--model", str(llama_dir), "--max-new-tokens", "6",
+              "--lora-r", "2"]
+    settings = {}
+    for method in ("sft", "ssr", "sdft"):
+        assert train.main(["--method", method, *common, "--out", str(tmp_path / method)]) == 0
+        settings[method] = json.loads((tmp_path / method / "run.json").read_text())
+        assert settings[method].pop("method") == method
+    assert settings["sft"] == settings["ssr"] == settings["sdft"]
+    sdft = recipes.RECIPES["sdft"]
+    assert settings["sft"]["recipe"] == "sdft" and settings["sft"]["max_len"] == 1024
+    assert settings["sft"]["lora"] == {"r": 2, "alpha": 16.0, "dropout": 0.1, "modules": ["q_proj", "v_proj"]}
+    assert {k: settings["sft"]["train"][k] for k in ("epochs", "warmup", "seed")} == {"epochs": 5, "warmup": 0.0,
+                                                                                      "seed": 42}
+    assert settings["sft"]["sampling"]["temperature"] == sdft["temperature"]
+    # SFT trains SDFT's text template on gold, as the paper's baseline does
+    sft_targets = [json.loads(line) for line in (tmp_path / "sft" / "targets.jsonl").read_text().splitlines()]
+    assert sft_targets[0]["messages"][-1]["content"].startswith("[INST] ")
+
+    capsys.readouterr()
+    assert train.main(["--method", "s3ft", *common, "--out", str(tmp_path / "s3ft")]) == 1
+    assert capsys.readouterr().err.startswith("error: --method s3ft --recipe sdft: SDFT's recipe has no paraphrase")
+    assert train.main(["--method", "sft", *common, "--chat-template", "mistral", "--out", str(tmp_path / "m")]) == 1
+    err = capsys.readouterr().err
+    assert "--recipe sdft: SDFT's prompts are Llama-2-chat's format" in err and "uses the mistral chat template" in err
+    assert not (tmp_path / "s3ft").exists() and not (tmp_path / "m").exists()
 
 
 def test_mbpp_test_split_refused_by_name_and_train_split_limit(shared, llama_dir, tmp_path, capsys):

@@ -139,14 +139,16 @@ def target_stats(run_dir) -> str:
 def run_method(method: str, model, tok, examples: list[Example], run_dir, *, lora_settings: LoraSettings,
                train_config: TrainConfig, batch_size: int = 16, max_new_tokens: int = 512, max_len: int = 2048,
                workers: int | None = None, quality: bool = True, judge=None, progress: bool = True,
-               recipe: str = "project", sampling: dict | None = None) -> Path:
+               recipe: str = "project", sampling: dict | None = None, generations_dir=None) -> Path:
     """Targets, then LoRA training; returns the adapter folder. Whatever run_dir already holds is reused.
-    judge: None for the task's rule judge, else an LLM judge (`llm_judge.make_judge`)."""
+    judge: None for the task's rule judge, else an LLM judge (`llm_judge.make_judge`). generations_dir: the folder
+    that keeps the base model's generations and verdicts (default run_dir); a study points every run at one
+    folder, so that runs with the same generation settings share them (ssr/harness/study.py)."""
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    generations = cached_generations(model, tok, run, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                             workers=workers, quality=quality, judge=judge, progress=progress, recipe=recipe,
-                             sampling=sampling)
+    generations = cached_generations(model, tok, Path(generations_dir or run), batch_size=batch_size,
+                                     max_new_tokens=max_new_tokens, workers=workers, quality=quality, judge=judge,
+                                     progress=progress, recipe=recipe, sampling=sampling)
     targets = build_targets(method, examples, generations, run, recipe)
     print(f"{method} targets: {target_stats(run)}")
     adapter = run / "adapter"

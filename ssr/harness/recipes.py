@@ -48,12 +48,28 @@ RECIPES = {
 }
 
 
-def default_recipe(method: str, task: str) -> str:
-    """SDFT's published recipe exists for GSM8K: --method sdft on GSM8K runs it unless told otherwise; --method
-    s3ft trains on S3FT's separate training prompt ("s3ft"; its SFT baseline is --method sft --recipe s3ft)."""
-    if method == "sdft" and task == "gsm8k":
-        return "sdft"
-    return "s3ft" if method == "s3ft" else "project"
+def default_recipe(task: str) -> str:
+    """The recipe of a run not given --recipe: "project", for every task. It takes no method on purpose: the trap
+    avoided is a comparison of methods that silently compares budgets and prompts (SDFT's 5 epochs and text
+    template against the project's 3 and chat template) instead of target choices. `--recipe sdft` gives SDFT's
+    settings to every method (the paper's SFT baseline included)."""
+    return "project"
+
+
+def check_recipe(recipe: str, method: str, chat_template: str | None, model: str) -> None:
+    """Refuse, by name, a recipe a run cannot follow. The SDFT recipe's prompts are Llama-2-chat's text format
+    (<<SYS>>, [INST]): on a model with another chat format they would train it on a format it never saw, so they
+    are refused unless the template is forced (--chat-template llama2). It has no paraphrase prompt, so S3FT
+    (which SDFT's paper did not run) is refused under it too."""
+    if recipe != "sdft":
+        return
+    if method == "s3ft":
+        raise ValueError("--method s3ft --recipe sdft: SDFT's recipe has no paraphrase prompt (its code and paper "
+                         "have none); run s3ft with --recipe project")
+    if chat_template != "llama2":
+        raise ValueError(f"--recipe sdft: SDFT's prompts are Llama-2-chat's format (<<SYS>>, [INST]); --model {model} "
+                         f"uses the {chat_template or 'unknown'} chat template (use --recipe project, or --chat-template "
+                         "llama2 to train that format anyway)")
 
 
 # SDFT's prompts, as its official code writes them
