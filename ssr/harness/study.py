@@ -271,7 +271,7 @@ def run_study(study: Study) -> dict:
                 "sampling": {"do_sample": study.values["temperature"] > 0, **study.sampling(),
                              "max_new_tokens": study.values["max_new_tokens"]},
                 "lora": asdict(study.lora()), "max_len": study.values["max_len"], "loss": loss_identity(),
-                "quality_rule": study.recipe == "project",
+                "quality_rule": study.recipe != "sdft",
                 "train": {k: v for k, v in asdict(cfg).items() if k not in RESUMABLE_CHANGES}}, str(run_dir))
             started = progress.start(f"{method} seed {seed}: targets, training ({cfg.epochs} epochs), evaluation")
             adapter = run_dir / "adapter"
@@ -279,7 +279,7 @@ def run_study(study: Study) -> dict:
             if not trained:
                 run_method(method, load(), tok, examples, run_dir, lora_settings=study.lora(), train_config=cfg,
                            batch_size=study.batch_size, max_new_tokens=study.values["max_new_tokens"],
-                           max_len=study.values["max_len"], quality=study.recipe == "project",
+                           max_len=study.values["max_len"], quality=study.recipe != "sdft",
                            progress=study.progress, recipe=study.recipe, sampling=study.sampling(),
                            generations_dir=out / "generations")
             runs.setdefault(method, {})[seed], cached = evaluate(out / "eval" / f"{method}-seed{seed}.json", adapter)
