@@ -39,7 +39,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     tiny_run_folder(root / "model")
     (root / "sums.jsonl").write_text("".join(json.dumps(q) + "\n" for q in QUESTIONS))
-    arc = root / "data" / "arc" / "ARC-Easy" / "ARC-Easy-Dev.jsonl"
+    arc = root / "data" / "arc" / "ARC-Easy" / "ARC-Easy-Test.jsonl"
     arc.parent.mkdir(parents=True)
     arc.write_text("".join(json.dumps(q) + "\n" for q in ARC))
     return root
