@@ -77,11 +77,11 @@ PRESETS = {
     "demo": Preset("the CPU demo: one-step word problems (GSM8K format) on SmolLM2-135M-Instruct, a capital-cities "
                    "quiz as the retention probe", task="demo", train=64, test=48, retention=("capitals",),
                    retention_limit=48, settings=DEMO_SETTINGS,
-                   cost="4 methods x 3 seeds: 24 optimizer steps a run; about an hour on 2 quiet CPU cores"),
+                   cost="4 methods x 3 seeds, 24 optimizer steps a run: 67 min measured on 2 loaded CPU cores (2026-12-04)"),
     "quick": Preset("a smoke run (CI): the demo's task at the smallest sizes", task="demo", train=8, test=8,
                     retention=("capitals",), retention_limit=8, methods=("sft", "ssr"), seeds=(0,),
                     settings={**DEMO_SETTINGS, "epochs": 1, "micro_batch": 4, "grad_accum": 1, "max_new_tokens": 48},
-                    save_every=1, cost="about half a minute on 2 CPU cores"),
+                    save_every=1, cost="1.7 min measured on 2 loaded CPU cores, one torch thread (2026-12-04)"),
     "gsm8k": Preset("GSM8K train -> GSM8K test, with the capital quiz and samples of ARC, MMLU and TruthfulQA as "
                     "retention probes (--data-dir in ../shared/data's layout); the project recipe as it is",
                     task="gsm8k", train=256, test=128,
